@@ -6,7 +6,6 @@ set -eu
 
 TAG="${1:-xiehe/helper:busybox}"
 BUSYBOX="${BUSYBOX:-/bin/busybox}"
-APPLETS="sh ash tar find rm mkdir cat sleep ls cp mv ln chown chmod stat sha256sum du df touch true"
 
 if docker image inspect "$TAG" >/dev/null 2>&1; then
     echo "helper image $TAG already exists"
@@ -23,7 +22,8 @@ trap 'rm -rf "$ROOT"' EXIT
 mkdir -p "$ROOT/bin" "$ROOT/tmp" "$ROOT/target" "$ROOT/source"
 chmod 1777 "$ROOT/tmp"
 cp "$BUSYBOX" "$ROOT/bin/busybox"
-for applet in $APPLETS; do
+for applet in $("$BUSYBOX" --list); do  # sh, tar, find, rm, mkdir, cat, sleep, ...
+    [ "$applet" = busybox ] && continue
     ln -s busybox "$ROOT/bin/$applet"
 done
 tar --numeric-owner --owner=0 --group=0 -C "$ROOT" -cf - . |
