@@ -1,0 +1,97 @@
+"""What verbs share: settings, the broker, worker liveness, following a run."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import redis
+
+from workers import config
+from workers.celery import app
+from workers.config import Settings
+from workers.errors import BackupError
+from workers.progress import read as read_progress
+from workers.store.layout import Tree
+
+SILENCE_CHECK = 15.0  # seconds without progress before asking whether a worker is alive
+
+
+def settings() -> Settings:
+    return config.load()
+
+
+def tree() -> Tree:
+    return Tree(settings().backup_dir)
+
+
+def broker(s: Settings) -> redis.Redis:
+    client = redis.Redis.from_url(s.broker_url, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise BackupError(f"broker: cannot reach the queue's Redis ({exc}); check XIEHE_BROKER_URL")
+    return client
+
+
+def require_worker(timeout: float = 3.0) -> None:
+    if not app.control.ping(timeout=timeout):
+        raise BackupError(
+            "no xiehe-backup worker is running: start one with `celery -A workers worker` "
+            "(nothing was enqueued)"
+        )
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def follow(client: redis.Redis, run_id: str, out=sys.stderr) -> dict:
+    """Show a run's progress until it ends; return its final progress record."""
+    live = out.isatty()
+    last_line, last_change, last_seen = "", time.monotonic(), None
+    while True:
+        state = read_progress(client, run_id)
+        status = state.get("status", "queued")
+        line = _render(state)
+        if state.get("updated_at") != last_seen:
+            last_seen, last_change = state.get("updated_at"), time.monotonic()
+        if line != last_line:
+            if live:
+                print("\r\033[K" + line, end="", file=out, flush=True)
+            elif state.get("step") != _step_of(last_line) or status in ("succeeded", "failed"):
+                print(line, file=out, flush=True)
+            last_line = line
+        if status in ("succeeded", "failed"):
+            if live:
+                print(file=out)
+            return state
+        if time.monotonic() - last_change > SILENCE_CHECK:
+            if not app.control.ping(timeout=3):
+                raise BackupError(
+                    f"run {run_id}: no worker is alive; it stays queued and resumes when a "
+                    "worker starts (`celery -A workers worker`)"
+                )
+            last_change = time.monotonic()
+        time.sleep(0.3)
+
+
+def _step_of(line: str) -> str:
+    return line.split()[1] if len(line.split()) > 1 else ""
+
+
+def _render(state: dict) -> str:
+    step = state.get("step", "waiting for a worker")
+    index = f"[{state.get('step_index', '?')}/{state.get('steps_total', '?')}]"
+    moved = human_bytes(float(state.get("bytes") or 0))
+    rate = human_bytes(float(state.get("rate") or 0)) + "/s"
+    status = state.get("status", "queued")
+    if status == "failed":
+        return f"{index} {step} FAILED: {state.get('error', '')}"
+    if status == "succeeded":
+        return f"{index} {step} done"
+    return f"{index} {step} {moved} {rate}"

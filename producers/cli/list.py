@@ -1,0 +1,57 @@
+"""`xiehe-backup list [--json] [--all]`: complete backups, newest last."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from producers.cli import common
+from workers.store import journal
+from workers.store import manifest as manifests
+
+
+def register(sub) -> None:
+    p = sub.add_parser("list", help="list backups")
+    p.add_argument("--json", action="store_true", help="one JSON array")
+    p.add_argument("--all", action="store_true", help="also failed and unfinished runs")
+    p.set_defaults(handler=run)
+
+
+def summaries(tree, include_runs: bool) -> list[dict]:
+    rows = [
+        {
+            "id": m["id"],
+            "status": m["status"],
+            "created_at": m["created_at"],
+            "kinds": m["kinds"],
+            "size_bytes": m["size_bytes"],
+            "reason": m.get("reason", ""),
+            "pinned": bool(m.get("pinned")),
+        }
+        for m in manifests.read_all(tree)
+    ]
+    if include_runs:
+        published = {r["id"] for r in rows}
+        rows += [
+            {"id": r["id"], "status": r.get("status", "?"), "created_at": r.get("created_at"),
+             "kinds": r.get("kinds", []), "size_bytes": 0, "reason": r.get("reason", ""),
+             "error": r.get("error")}
+            for r in journal.all_runs(tree)
+            if r.get("type") == "backup" and r["id"] not in published
+        ]
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = summaries(common.tree(), args.all)
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no backups yet")
+        return 0
+    print(f"{'ID':16} {'STATUS':20} {'SIZE':>10}  {'KINDS':22} REASON")
+    for r in rows:
+        print(f"{r['id']:16} {r['status']:20} {common.human_bytes(r['size_bytes']):>10}  "
+              f"{','.join(r['kinds']):22} {r['reason']}{'  ' + r['error'] if r.get('error') else ''}")
+    return 0

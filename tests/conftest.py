@@ -1,0 +1,115 @@
+"""Shared fixtures: real Docker, private Redis servers, a private broker, real workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from tests.support.servers import RedisServer, Worker
+
+HELPER_IMAGE = os.environ.get("XIEHE_TEST_HELPER_IMAGE", "xiehe/helper:busybox")
+REDIS_IMAGE = os.environ.get("XIEHE_TEST_REDIS_IMAGE", "xiehe/redis:local")
+MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """The real Docker engine; tests needing it skip, saying why, when it is unreachable."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means: no engine here
+        pytest.skip(f"Docker engine unreachable ({exc}); start dockerd (ops/ensure_services.sh)")
+    return client
+
+
+@pytest.fixture(scope="session")
+def helper_image(docker_client) -> str:
+    try:
+        docker_client.images.get(HELPER_IMAGE)
+    except Exception:  # noqa: BLE001
+        subprocess.run(["bash", "ops/images/build_helper_image.sh", HELPER_IMAGE], check=True)
+    return HELPER_IMAGE
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    servers: list[RedisServer] = []
+
+    def make(*extra: str) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis{len(servers)}", *extra)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory) -> RedisServer:
+    """The queue's own Redis, so tests may restart it and never touch the shared one."""
+    server = RedisServer(tmp_path_factory.mktemp("broker"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mysql_conn():
+    conn = pymysql.connect(**MYSQL, autocommit=True, charset="utf8mb4")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def scratch_db(mysql_conn):
+    """Unique database names, dropped after the test."""
+    names: list[str] = []
+
+    def make(prefix: str = "xt") -> str:
+        name = unique(prefix)
+        names.append(name)
+        return name
+
+    yield make
+    with mysql_conn.cursor() as cur:
+        for name in names:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture
+def worker_factory(tmp_path):
+    workers: list[Worker] = []
+
+    def make(env: dict[str, str], concurrency: int = 2) -> Worker:
+        worker = Worker(env, tmp_path / f"worker{len(workers)}.log", concurrency).start()
+        workers.append(worker)
+        return worker
+
+    yield make
+    for worker in workers:
+        worker.stop()
+
+
+def base_env(broker_url: str, backup_dir: Path) -> dict[str, str]:
+    """An environment with no target configured: tests add the ones they use."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XIEHE_")}
+    env.update(
+        XIEHE_BROKER_URL=broker_url,
+        XIEHE_BACKUP_DIR=str(backup_dir),
+        XIEHE_HELPER_IMAGE=HELPER_IMAGE,
+        XIEHE_DISK_RESERVE_MB="64",
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+    )
+    return env

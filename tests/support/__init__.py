@@ -1,0 +1,1 @@
+"""Test support: real servers started per test, and comparisons of data sets."""

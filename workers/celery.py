@@ -1,0 +1,38 @@
+"""The Celery app: Redis broker and result backend, settings fit for tasks of hours."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+from workers.config import _secret
+
+BROKER_URL = _secret(os.environ, "XIEHE_BROKER_URL") or "redis://127.0.0.1:6379/0"
+LONGEST_RUN = int(os.environ.get("XIEHE_LONGEST_RUN_SECONDS", str(6 * 3600)))
+
+app = Celery("xiehe_backup", broker=BROKER_URL, backend=BROKER_URL, include=["workers.tasks"])
+app.conf.update(
+    task_default_queue="xiehe-backup",
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    # A step that dies with its worker is delivered again, never lost ...
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    # ... and never delivered twice while it still runs: the visibility timeout is above
+    # the longest run, and the hard time limit below it.
+    broker_transport_options={"visibility_timeout": LONGEST_RUN + 3600},
+    result_backend_transport_options={"visibility_timeout": LONGEST_RUN + 3600},
+    task_soft_time_limit=LONGEST_RUN,
+    task_time_limit=LONGEST_RUN + 300,
+    broker_connection_retry_on_startup=True,
+    result_expires=30 * 24 * 3600,
+    result_extended=True,
+    task_track_started=True,
+    task_send_sent_event=True,
+    worker_send_task_events=True,
+    worker_cancel_long_running_tasks_on_connection_loss=False,
+    timezone=os.environ.get("XIEHE_TIMEZONE") or os.environ.get("TZ") or "UTC",
+)

@@ -1,0 +1,13 @@
+"""Dump every configured MySQL/MariaDB database from one consistent snapshot."""
+
+from __future__ import annotations
+
+from workers.context import StepContext
+from workers.steps.staging import fresh_dir, with_paths
+from workers.targets import mysql
+
+
+def dump_mysql(run: dict, ctx: StepContext) -> dict:
+    out_dir = fresh_dir(ctx.tree.staging_dir(run["id"], "mysql"))
+    result = mysql.dump(ctx.settings.mysql, out_dir, run["id"], ctx.codec, ctx.progress.add)
+    return {**result, "artifacts": with_paths(result["artifacts"])}

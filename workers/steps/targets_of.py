@@ -1,0 +1,31 @@
+"""Which targets a run touches, and the lock name of each (shared by backup and restore)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from workers.config import Settings
+
+
+def mysql_lock(settings: Settings) -> str:
+    return f"mysql:{settings.mysql.host}:{settings.mysql.port}"
+
+
+def redis_lock(settings: Settings) -> str:
+    url = urlparse(settings.redis.url)
+    return f"redis:{url.hostname}:{url.port or 6379}"
+
+
+def volume_lock(name: str) -> str:
+    return f"volume:{name}"
+
+
+def lock_names(settings: Settings, kinds: list[str], volumes: list[str]) -> list[str]:
+    names = []
+    if "mysql" in kinds:
+        names.append(mysql_lock(settings))
+    if "redis" in kinds:
+        names.append(redis_lock(settings))
+    if "volumes" in kinds:
+        names += [volume_lock(v) for v in volumes]
+    return names

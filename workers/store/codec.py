@@ -1,0 +1,311 @@
+"""Artifact streams: compression (zstd, gzip, none) and optional age encryption.
+
+Writers hash both the plaintext and the stored bytes as they stream, so an artifact is
+never re-read to be checksummed, and write to `<name>.partial` until `commit()`, so a
+crash never leaves a file that looks finished.  Readers give back plaintext.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import pyrage
+import zstandard
+
+SUFFIX = {"zstd": ".zst", "gzip": ".gz", "none": ""}
+AGE_SUFFIX = ".age"
+PARTIAL = ".partial"
+CHUNK = 1 << 20
+
+
+class CorruptArtifact(Exception):
+    """An artifact does not decompress or decrypt to the end."""
+
+
+@dataclass(frozen=True)
+class Codec:
+    compression: str = "zstd"
+    zstd_level: int = 3
+    recipients: tuple[str, ...] = ()
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.recipients)
+
+    def suffix(self) -> str:
+        return SUFFIX[self.compression] + (AGE_SUFFIX if self.encrypted else "")
+
+
+def codec_of(path: str | Path) -> tuple[str, bool]:
+    """(compression, encrypted) as told by an artifact's file name."""
+    name = str(path)
+    encrypted = name.endswith(AGE_SUFFIX)
+    if encrypted:
+        name = name[: -len(AGE_SUFFIX)]
+    for compression, suffix in SUFFIX.items():
+        if suffix and name.endswith(suffix):
+            return compression, encrypted
+    return "none", encrypted
+
+
+class _HashingFile:
+    """The bottom of the stack: the file on disk, hashed as written."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.fh.write(data)
+        self.sha.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+class _PipeEncryptor:
+    """Push-style age encryption: pyrage pulls from a pipe that we write into."""
+
+    def __init__(self, sink: _HashingFile, recipients: Sequence[str]) -> None:
+        keys = [pyrage.x25519.Recipient.from_str(r) for r in recipients]
+        rfd, wfd = os.pipe()
+        self._reader = os.fdopen(rfd, "rb", buffering=CHUNK)
+        self._writer = os.fdopen(wfd, "wb", buffering=CHUNK)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(sink, keys), daemon=True)
+        self._thread.start()
+
+    def _run(self, sink: _HashingFile, keys: list) -> None:
+        try:
+            pyrage.encrypt_io(self._reader, sink, keys)
+        except BaseException as exc:  # reported to the writer thread in close()
+            self._error = exc
+        finally:
+            self._reader.close()
+
+    def write(self, data: bytes) -> int:
+        return self._writer.write(data)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+        self._thread.join()
+        if self._error:
+            raise self._error
+
+
+class ArtifactWriter:
+    """Write one artifact: plaintext in, compressed (and encrypted) bytes on disk."""
+
+    def __init__(self, path: Path, codec: Codec) -> None:
+        self.path = Path(str(path) + codec.suffix())  # callers pass the name without suffix
+        self.codec = codec
+        self.partial = Path(str(self.path) + PARTIAL)
+        self.partial.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._fh = os.fdopen(fd, "wb", buffering=CHUNK)
+        self._disk = _HashingFile(self._fh)
+        self._encryptor = _PipeEncryptor(self._disk, codec.recipients) if codec.encrypted else None
+        below = self._encryptor or self._disk
+        if codec.compression == "zstd":
+            cctx = zstandard.ZstdCompressor(level=codec.zstd_level, threads=-1)
+            self._top = cctx.stream_writer(below, closefd=False)
+        elif codec.compression == "gzip":
+            self._top = gzip.GzipFile(fileobj=below, mode="wb", compresslevel=6, mtime=0)
+        else:
+            self._top = below
+        self.plain_sha = hashlib.sha256()
+        self.plain_size = 0
+        self._closed = False
+
+    def write(self, data: bytes) -> int:
+        self.plain_sha.update(data)
+        self.plain_size += len(data)
+        self._top.write(data)
+        return len(data)
+
+    def close(self) -> dict:
+        """Finish the streams and fsync; the artifact stays `.partial` until commit()."""
+        if not self._closed:
+            self._closed = True
+            if self._top is not self._encryptor and self._top is not self._disk:
+                self._top.close()
+            if self._encryptor:
+                self._encryptor.close()
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+        return self.record()
+
+    def record(self) -> dict:
+        return {
+            "file": self.path.name,
+            "compression": self.codec.compression,
+            "encrypted": self.codec.encrypted,
+            "size_bytes": self._disk.size,
+            "sha256": self._disk.sha.hexdigest(),
+            "plain_bytes": self.plain_size,
+            "plain_sha256": self.plain_sha.hexdigest(),
+        }
+
+    def commit(self) -> dict:
+        record = self.close()
+        os.replace(self.partial, self.path)
+        return record
+
+    def abort(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - the artifact is being thrown away anyway
+            pass
+        self.partial.unlink(missing_ok=True)
+
+    def __enter__(self) -> ArtifactWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def sha256_file(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _load_identities(identity_file: Path | None) -> list:
+    if identity_file is None:
+        raise CorruptArtifact("the artifact is encrypted and XIEHE_AGE_IDENTITY_FILE is not set")
+    keys = [
+        line.strip()
+        for line in Path(identity_file).read_text().splitlines()
+        if line.strip().startswith("AGE-SECRET-KEY-")
+    ]
+    if not keys:
+        raise CorruptArtifact(f"no AGE-SECRET-KEY in {identity_file}")
+    return [pyrage.x25519.Identity.from_str(k) for k in keys]
+
+
+class _PipeDecryptor:
+    """Pull-style reader of an age file: pyrage pushes plaintext into a pipe we read."""
+
+    def __init__(self, path: Path, identities: list) -> None:
+        rfd, wfd = os.pipe()
+        self.reader = os.fdopen(rfd, "rb", buffering=CHUNK)
+        self._writer = os.fdopen(wfd, "wb", buffering=CHUNK)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(path, identities), daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path, identities: list) -> None:
+        try:
+            with open(path, "rb") as src:
+                pyrage.decrypt_io(src, self._writer, identities)
+        except BaseException as exc:  # surfaced by read() at EOF
+            self.error = exc
+        finally:
+            try:
+                self._writer.close()
+            except OSError:
+                pass
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.reader.read(n)
+        if not data:
+            self._thread.join()
+            if self.error:
+                raise CorruptArtifact(f"cannot decrypt: {self.error}")
+        return data
+
+    def close(self) -> None:
+        self.reader.close()
+        self._thread.join(timeout=5)
+
+
+def _zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
+    """Decompress every concatenated frame; a frame cut short is an error, not EOF."""
+    dctx = zstandard.ZstdDecompressor()
+    obj, pending = dctx.decompressobj(), False
+    while data := raw.read(CHUNK):
+        while data:
+            out = obj.decompress(data)
+            pending = True
+            if out:
+                yield out
+            if obj.eof:
+                data, obj, pending = obj.unused_data, dctx.decompressobj(), False
+            else:
+                data = b""
+    if pending:
+        raise CorruptArtifact("the zstd stream is truncated")
+
+
+def _gzip_chunks(raw: BinaryIO) -> Iterator[bytes]:
+    with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+        while chunk := gz.read(CHUNK):
+            yield chunk
+
+
+def _raw_chunks(raw: BinaryIO) -> Iterator[bytes]:
+    while chunk := raw.read(CHUNK):
+        yield chunk
+
+
+_DECOMPRESSORS = {"zstd": _zstd_chunks, "gzip": _gzip_chunks, "none": _raw_chunks}
+
+
+def read_plain(path: Path, identity_file: Path | None = None) -> Iterator[bytes]:
+    """Plaintext chunks of an artifact; raises CorruptArtifact on a damaged stream."""
+    compression, encrypted = codec_of(path)
+    decryptor = _PipeDecryptor(path, _load_identities(identity_file)) if encrypted else None
+    raw: BinaryIO = decryptor if decryptor else open(path, "rb")  # type: ignore[assignment]
+    try:
+        yield from _DECOMPRESSORS[compression](raw)
+    except (zstandard.ZstdError, EOFError, gzip.BadGzipFile) as exc:
+        raise CorruptArtifact(f"{path.name}: {exc}") from None
+    except CorruptArtifact as exc:
+        raise CorruptArtifact(f"{path.name}: {exc}") from None
+    finally:
+        raw.close()
+
+
+class ChunkStream(io.RawIOBase):
+    """A read-only file object over an iterator of byte chunks (for tarfile, loaders)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        while not self._buf:
+            self._buf = next(self._chunks, b"")
+            if not self._buf:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def open_plain(path: Path, identity_file: Path | None = None) -> BinaryIO:
+    """A buffered file object of an artifact's plaintext."""
+    return io.BufferedReader(ChunkStream(read_plain(path, identity_file)), CHUNK)

@@ -1,0 +1,1 @@
+"""How to talk to each kind of target: one module per kind (mysql, redis, volumes)."""
