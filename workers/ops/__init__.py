@@ -1,0 +1,1 @@
+"""Operations on the backups as a whole: verify, retention, drills, space, health, alerts."""

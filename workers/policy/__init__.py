@@ -1,0 +1,1 @@
+"""Pure policies: decisions computed from plain data, no I/O."""
