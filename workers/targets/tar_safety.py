@@ -12,11 +12,12 @@ from __future__ import annotations
 import posixpath
 import tarfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from workers.errors import UnsafeArchive
-from workers.store.codec import CorruptArtifact, open_plain
+from workers.store.codec import CHUNK, CorruptArtifact, open_plain
 
 ROOT = "."
 _MAX_LINK_HOPS = 40  # as the kernel's ELOOP limit
@@ -139,10 +140,13 @@ class SafetyFilter:
                 raise UnsafeArchive(f"{path!r}: symlink {target!r} points outside the volume")
 
 
-def open_stream(fileobj: BinaryIO) -> tarfile.TarFile:
-    """A forward-only tar reader (never seeks, never buffers a member)."""
+@contextmanager
+def open_stream(fileobj: BinaryIO) -> Iterator[tarfile.TarFile]:
+    """A forward-only tar reader (never seeks, never buffers a member); a damaged tar
+    anywhere in the block (a header, or a member's data cut short) is CorruptArtifact."""
     try:
-        return tarfile.open(fileobj=fileobj, mode="r|")
+        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+            yield tar
     except tarfile.TarError as exc:
         raise CorruptArtifact(f"not a readable tar stream: {exc}") from None
 
@@ -151,11 +155,15 @@ def safe_members(
     tar: tarfile.TarFile, guard: SafetyFilter
 ) -> Iterator[tuple[tarfile.TarInfo, str]]:
     """(member, normalized path) for each member of a stream-mode tar, refusing unsafe ones."""
-    try:
-        for member in tar:
-            yield member, guard.check(member)
-    except tarfile.TarError as exc:
-        raise CorruptArtifact(f"not a readable tar stream: {exc}") from None
+    for member in tar:
+        yield member, guard.check(member)
+
+
+def _read_through(tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    """Read a member's data: unlike a skip, a read notices data cut short."""
+    src = tar.extractfile(member)
+    while src.read(CHUNK):
+        pass
 
 
 def scan(
@@ -164,6 +172,10 @@ def scan(
     """Read a whole artifact and validate every member without extracting anything."""
     guard = SafetyFilter(max_unpacked_bytes)
     with open_plain(artifact, identity_file) as raw, open_stream(raw) as tar:
-        members = sum(1 for _ in safe_members(tar, guard))
+        members = 0
+        for member, _ in safe_members(tar, guard):
+            members += 1
+            if member.isreg():
+                _read_through(tar, member)
     guard.recheck_links()
     return {"members": members, **guard.counts, "root": guard.root}

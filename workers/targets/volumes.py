@@ -21,6 +21,7 @@ from pathlib import Path
 
 import docker
 import requests
+import urllib3
 from docker.errors import DockerException, ImageNotFound, NotFound
 
 from workers.errors import TargetError, UnsafeArchive
@@ -44,7 +45,8 @@ SOURCE = "/source"  # where a helper mounts the volume read-only
 TARGET = "/target"  # where a helper mounts it read-write
 PROGRESS_EVERY = 16 << 20
 HELPER_TIMEOUT = 3600  # seconds for the wipe step of a restore
-_ENGINE_ERRORS = (DockerException, requests.RequestException)
+# get_archive streams straight from urllib3, whose errors requests does not wrap there
+_ENGINE_ERRORS = (DockerException, requests.RequestException, urllib3.exceptions.HTTPError)
 
 
 def check(engine: docker.DockerClient, name: str) -> dict:
