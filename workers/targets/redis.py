@@ -1,0 +1,653 @@
+"""Redis target: check, snapshot (RDB), restore, and a key dump for tests and drills.
+
+Two modes, chosen by settings.container:
+- container: BGSAVE in the container, copy the RDB out through the Docker API; restore
+  stops the container, puts the RDB into its data dir, and starts it again.
+- live (no container): fetch the RDB over the replication protocol like `redis-cli --rdb`;
+  restore loads the RDB into a private temporary redis-server and copies every key into
+  the target with DUMP/RESTORE.
+Every RDB is checked (magic, version, CRC64) while it streams, before it counts.
+The URL's password is only ever sent over the Redis connection, never put in an argv,
+a message or a returned dict.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import shutil
+import socket
+import ssl
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import redis
+from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+
+from workers.config import RedisSettings
+from workers.errors import TargetError
+from workers.store.codec import (
+    CHUNK,
+    ArtifactWriter,
+    ChunkStream,
+    Codec,
+    CorruptArtifact,
+    read_plain,
+)
+from workers.targets.redis_rdb import RdbCheck, verify_rdb
+
+__all__ = ["check", "dump_keys", "restore", "snapshot", "verify_rdb"]
+
+REDIS_SERVER = "/usr/bin/redis-server"
+READ_TIMEOUT = 120  # s without a byte from the master (it sends "\n" keepalives every second)
+SAVE_TIMEOUT = 3600  # s for a BGSAVE of a large dataset
+READY_TIMEOUT = 600  # s for a (re)started server to load its RDB
+STOP_TIMEOUT = 60  # s for Redis to shut down cleanly (it may fsync or save on SIGTERM)
+BATCH = 500  # keys per DUMP/RESTORE pipeline round trip
+
+Progress = Callable[[int], None]  # called with the bytes moved since the last call
+Emit = Callable[[bytes], None]
+
+
+# --- connections -------------------------------------------------------------------------
+
+
+def _where(url: str) -> str:
+    """host:port or socket path: how a message names the server, without credentials."""
+    opts = parse_url(url)
+    return opts.get("path") or f"{opts.get('host', 'localhost')}:{opts.get('port', 6379)}"
+
+
+def _client(url: str, db: int | None = None) -> redis.Redis:
+    """A client for url; db overrides the URL's db (redis-py's from_url would ignore it)."""
+    opts = parse_url(url)
+    if db is not None:
+        opts["db"] = db
+    pool = redis.ConnectionPool(socket_timeout=READ_TIMEOUT, socket_connect_timeout=10, **opts)
+    return redis.Redis(connection_pool=pool)
+
+
+@contextmanager
+def _errors(url: str, doing: str) -> Iterator[None]:
+    """Turn a Redis failure into TargetError, with the URL's password scrubbed."""
+    try:
+        yield
+    except (redis.RedisError, OSError) as exc:
+        message = str(exc) or type(exc).__name__
+        password = parse_url(url).get("password")
+        if password:
+            message = message.replace(password, "***")
+        raise TargetError("redis", f"{doing} at {_where(url)}: {message}") from None
+
+
+def _keyspace(client: redis.Redis) -> dict[int, int]:
+    """{db index: number of keys} for every non-empty db."""
+    return {int(db[2:]): v["keys"] for db, v in client.info("keyspace").items()}
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _config(client: redis.Redis, name: str) -> str | None:
+    """CONFIG GET name, or None when this Redis has no such setting."""
+    found = {_text(k): _text(v) for k, v in client.config_get(name).items()}
+    return found.get(name)
+
+
+def check(settings: RedisSettings) -> dict:
+    """Reachability, version, key counts, memory, AOF state and (if allowed) the RDB dir."""
+    client = _client(settings.url)
+    with _errors(settings.url, "cannot reach Redis"):
+        out = {
+            "redis_version": client.info("server")["redis_version"],
+            "keys": _keyspace(client),
+            "used_memory": client.info("memory")["used_memory"],
+            "aof": bool(client.info("persistence")["aof_enabled"]),
+        }
+        with suppress(redis.ResponseError):  # CONFIG renamed or denied: not fatal for a check
+            out["rdb_dir"] = _config(client, "dir")
+    return out
+
+
+# --- snapshot ----------------------------------------------------------------------------
+
+
+class _Sink:
+    """Check, store and report every byte of the RDB as it arrives."""
+
+    def __init__(self, writer: ArtifactWriter, progress: Progress) -> None:
+        self.check = RdbCheck()
+        self._writer = writer
+        self._progress = progress
+
+    def __call__(self, data: bytes) -> None:
+        self.check.update(data)
+        self._writer.write(data)
+        self._progress(len(data))
+
+
+def snapshot(
+    settings: RedisSettings,
+    docker,  # docker.DockerClient | None
+    out_dir: Path,
+    backup_id: str,
+    codec: Codec,
+    progress: Progress,
+) -> dict:
+    """Write out_dir/dump_<backup_id>.rdb[.zst][.age], checked; progress gets RDB bytes."""
+    client = _client(settings.url)
+    with _errors(settings.url, "cannot read Redis's state"):
+        version = client.info("server")["redis_version"]
+        keys = _keyspace(client)
+    with ArtifactWriter(Path(out_dir) / f"dump_{backup_id}.rdb", codec) as writer:
+        sink = _Sink(writer, progress)
+        if settings.container:
+            mode = "container"
+            _snapshot_container(settings, client, docker, sink)
+        else:
+            mode = "replication"
+            _fetch_rdb(settings.url, sink)
+        try:
+            summary = sink.check.finish()
+        except CorruptArtifact as exc:
+            raise TargetError("redis", f"the RDB received is damaged: {exc}") from None
+        record = writer.commit()
+    artifact = {
+        **record,
+        "kind": "redis",
+        "source": "redis",
+        "rdb_version": summary["rdb_version"],
+        "rdb_checksum": summary["checksum"],
+    }
+    return {"artifacts": [artifact], "mode": mode, "redis_version": version, "keys": keys}
+
+
+def _open_socket(url: str) -> socket.socket:
+    opts = parse_url(url)
+    cls = opts.get("connection_class")
+    if cls is UnixDomainSocketConnection:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(opts["path"])
+    else:
+        host = opts.get("host", "localhost")
+        sock = socket.create_connection((host, opts.get("port", 6379)), timeout=10)
+        if cls is SSLConnection:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+    sock.settimeout(READ_TIMEOUT)
+    return sock
+
+
+def _command(sock: socket.socket, reader: io.BufferedReader, *args: str) -> bytes:
+    """Send one command in RESP and return its one-line reply; an error reply raises."""
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        raw = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    sock.sendall(b"".join(parts))
+    reply = reader.readline()
+    if not reply.startswith(b"+"):
+        raise redis.ResponseError(reply.strip().decode(errors="replace").lstrip("-") or "closed")
+    return reply
+
+
+def _fetch_rdb(url: str, emit: Emit) -> None:
+    """The replication handshake of `redis-cli --rdb`, then the RDB payload into emit."""
+    opts = parse_url(url)
+    with _errors(url, "cannot fetch the RDB over replication"):
+        sock = _open_socket(url)
+        try:
+            reader = sock.makefile("rb", buffering=CHUNK)
+            if opts.get("password"):
+                user = [opts["username"]] if opts.get("username") else []
+                _command(sock, reader, "AUTH", *user, opts["password"])
+            # capa eof: accept a diskless (socket) transfer when the server is set up so.
+            _command(sock, reader, "REPLCONF", "capa", "eof")
+            # Redis >= 7: end the link after the RDB, keep no replica backlog for us.
+            with suppress(redis.ResponseError):
+                _command(sock, reader, "REPLCONF", "rdb-only", "1")
+            sock.sendall(b"SYNC\r\n")
+            _read_payload(reader, emit)
+        finally:
+            sock.close()
+
+
+def _read_payload(reader: io.BufferedReader, emit: Emit) -> None:
+    # While the master waits (repl-diskless-sync-delay, or its BGSAVE) it sends bare "\n"
+    # keepalives; the read timeout only has to outlast the gap between two of them.
+    line = b"\n"
+    while line == b"\n":
+        line = reader.readline()
+    if not line.startswith(b"$"):
+        raise redis.ResponseError(line.strip().decode(errors="replace").lstrip("-") or "closed")
+    header = line[1:].rstrip(b"\r\n")
+    if header.startswith(b"EOF:"):
+        _read_until_marker(reader, header[4:], emit)
+    else:
+        _read_exactly(reader, int(header), emit)
+
+
+def _read_exactly(reader: io.BufferedReader, size: int, emit: Emit) -> None:
+    while size:
+        data = reader.read1(min(CHUNK, size))
+        if not data:
+            raise ConnectionError("the master closed the link before the end of the RDB")
+        emit(data)
+        size -= len(data)
+
+
+def _read_until_marker(reader: io.BufferedReader, marker: bytes, emit: Emit) -> None:
+    """Diskless format: the payload ends with the 40-byte marker announced in the header."""
+    pending = b""  # held back: it may be the start of the marker
+    while True:
+        data = reader.read1(CHUNK)
+        if not data:
+            raise ConnectionError("the master closed the link before the end of the RDB")
+        window = pending + data
+        if window.endswith(marker):
+            emit(window[: -len(marker)])
+            return
+        emit(window[: -len(marker)])
+        pending = window[-len(marker) :]
+
+
+def _snapshot_container(settings: RedisSettings, client: redis.Redis, docker, emit: Emit) -> None:
+    container = _container(settings, docker)
+    with _errors(settings.url, "BGSAVE failed"):
+        path = PurePosixPath(_config(client, "dir")) / _config(client, "dbfilename")
+        _bgsave(client)
+    _copy_out(container, path, emit)
+
+
+def _container(settings: RedisSettings, docker):
+    if docker is None:
+        raise TargetError("redis", "container mode needs the Docker engine, which is not set up")
+    try:
+        return docker.containers.get(settings.container)
+    except Exception as exc:  # docker.errors.NotFound / APIError / connection errors
+        raise TargetError("redis", f"container {settings.container}: {exc}") from None
+
+
+def _bgsave(client: redis.Redis) -> None:
+    """BGSAVE (or join the save already running) and wait until it wrote the RDB."""
+    before = int(client.lastsave().timestamp())
+    # LASTSAVE counts whole seconds: a save ending in the same second as the previous one
+    # would look like no save at all.
+    while int(time.time()) <= before:
+        time.sleep(0.05)
+    deadline = time.monotonic() + SAVE_TIMEOUT
+    while True:
+        try:
+            client.bgsave(schedule=True)  # SCHEDULE: wait for a running AOF rewrite
+            break
+        except redis.ResponseError as exc:
+            if "already in progress" not in str(exc):
+                raise
+        # Another save is running; if it writes the RDB it is ours, else (a replication
+        # save to a socket) ask again once it is done.
+        if _wait_save(client, before, deadline):
+            return
+    if not _wait_save(client, before, deadline):
+        raise TargetError("redis", "BGSAVE finished without writing the RDB")
+
+
+def _wait_save(client: redis.Redis, before: int, deadline: float) -> bool:
+    """Wait until no save runs; True if one wrote the RDB after `before`."""
+    seen_running = False
+    delay = 0.05
+    while time.monotonic() < deadline:
+        info = client.info("persistence")
+        running = info["rdb_bgsave_in_progress"] == 1
+        seen_running = seen_running or running
+        if not running and int(client.lastsave().timestamp()) > before:
+            if info["rdb_last_bgsave_status"] != "ok":
+                raise TargetError("redis", "BGSAVE failed: see the Redis log (disk full?)")
+            return True
+        if not running and seen_running:
+            if info["rdb_last_bgsave_status"] != "ok":
+                raise TargetError("redis", "BGSAVE failed: see the Redis log (disk full?)")
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    raise TargetError("redis", f"BGSAVE did not finish within {SAVE_TIMEOUT} s")
+
+
+def _tar_reader(container, path: PurePosixPath) -> tarfile.TarFile:
+    """A streaming tar reader over the container's archive of path."""
+    try:
+        stream, _stat = container.get_archive(str(path), chunk_size=CHUNK)
+    except Exception as exc:  # docker.errors.NotFound / APIError
+        raise TargetError("redis", f"cannot read {path} in the container: {exc}") from None
+    raw = io.BufferedReader(ChunkStream(iter(stream)), CHUNK)
+    return tarfile.open(fileobj=raw, mode="r|")
+
+
+def _copy_out(container, path: PurePosixPath, emit: Emit) -> None:
+    """Stream the single file member of get_archive(path) into emit."""
+    with _tar_reader(container, path) as tar:
+        member = tar.next()
+        if member is None or not member.isfile():
+            raise TargetError("redis", f"{path} in the container is not a regular file")
+        src = tar.extractfile(member)
+        while chunk := src.read(CHUNK):
+            emit(chunk)
+
+
+# --- restore -----------------------------------------------------------------------------
+
+
+def restore(
+    settings: RedisSettings,
+    docker,  # docker.DockerClient | None
+    artifact: Path,
+    identity_file: Path | None,
+    progress: Progress,
+) -> dict:
+    """Replace the target's whole dataset with the artifact's; the artifact is checked
+    first, so a damaged one never stops or flushes anything.  progress gets the bytes of
+    RDB (container) or of DUMP payloads (live) moved."""
+    if settings.container:
+        summary = verify_rdb(read_plain(artifact, identity_file))
+        keys = _restore_container(settings, docker, artifact, identity_file, summary, progress)
+        mode = "container"
+    else:
+        keys, summary = _restore_live(settings, artifact, identity_file, progress)
+        mode = "replication"
+    return {"mode": mode, "keys": keys, "rdb_version": summary["rdb_version"]}
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the container's Redis keeps its data (paths inside the container)."""
+
+    dir: PurePosixPath
+    dbfilename: str
+    aof: bool
+    appendfilename: str
+    appenddirname: str | None  # None before Redis 7 (single-file AOF)
+
+
+def _layout(settings: RedisSettings, container) -> _Layout:
+    client = _client(settings.url)
+    with _errors(settings.url, "cannot read the data layout"):
+        aof = _config(client, "appendonly") == "yes"
+        return _Layout(
+            dir=PurePosixPath(_config(client, "dir")),
+            dbfilename=_config(client, "dbfilename"),
+            aof=aof,
+            appendfilename=_config(client, "appendfilename") or "appendonly.aof",
+            appenddirname=_config(client, "appenddirname") or None,
+        )
+
+
+def _restore_container(
+    settings: RedisSettings,
+    docker,
+    artifact: Path,
+    identity_file: Path | None,
+    summary: dict,
+    progress: Progress,
+) -> dict[int, int]:
+    container = _container(settings, docker)
+    layout = _layout(settings, container)
+    container.stop(timeout=STOP_TIMEOUT)
+    try:
+        uid, gid = _owner(container, layout.dir)
+        members = _members(container, layout, summary["bytes"], artifact, identity_file, progress)
+        if not container.put_archive(str(layout.dir), _tar_stream(members, uid, gid)):
+            raise TargetError("redis", f"Docker refused to write into {layout.dir}")
+    finally:
+        container.start()  # whatever happened, bring the service back
+    client = _wait_ready(settings.url, lambda: _container_gone(container))
+    if layout.aof:
+        with _errors(settings.url, "BGSAVE after restore failed"):
+            _bgsave(client)  # so dump.rdb matches too, should AOF be turned off later
+    with _errors(settings.url, "cannot count the restored keys"):
+        return _keyspace(client)
+
+
+# With AOF on, Redis loads the AOF and ignores dump.rdb, so the restored RDB must become
+# the AOF.  Chosen over "start with appendonly off, then CONFIG SET appendonly yes": a
+# container's command line cannot be changed without recreating it, and put_archive cannot
+# delete files.  Redis >= 7: the RDB is the base file of a new manifest (an RDB is a valid
+# base), with an empty incr file, and the old files listed as history, which Redis deletes
+# itself.  Redis < 7: the single AOF file is replaced by the RDB (an RDB-preamble AOF).
+
+
+def _members(
+    container,
+    layout: _Layout,
+    size: int,
+    artifact: Path,
+    identity_file: Path | None,
+    progress: Progress,
+) -> list[tuple[str, int, Callable[[], Iterable[bytes]]]]:
+    """(path relative to the data dir, size, chunk source) of each file to put."""
+
+    def rdb() -> Iterator[bytes]:
+        for chunk in read_plain(artifact, identity_file):
+            progress(len(chunk))
+            yield chunk
+
+    if not layout.aof:
+        return [(layout.dbfilename, size, rdb)]
+    if layout.appenddirname is None:
+        return [(layout.appendfilename, size, rdb)]
+    manifest_path = f"{layout.appenddirname}/{layout.appendfilename}.manifest"
+    old = _read_manifest(container, layout.dir / manifest_path)
+    base_seq = 1 + max((seq for name, seq in old if ".base." in name), default=0)
+    incr_seq = 1 + max((seq for name, seq in old if ".incr." in name), default=0)
+    base = f"{layout.appendfilename}.{base_seq}.base.rdb"
+    incr = f"{layout.appendfilename}.{incr_seq}.incr.aof"
+    lines = [f"file {base} seq {base_seq} type b", f"file {incr} seq {incr_seq} type i"]
+    lines += [f"file {shlex.quote(name)} seq {seq} type h" for name, seq in old]
+    manifest = ("\n".join(lines) + "\n").encode()
+    return [
+        (f"{layout.appenddirname}/{base}", size, rdb),
+        (f"{layout.appenddirname}/{incr}", 0, lambda: iter(())),
+        (manifest_path, len(manifest), lambda: iter((manifest,))),
+    ]
+
+
+def _read_manifest(container, path: PurePosixPath) -> list[tuple[str, int]]:
+    """(file name, seq) of every entry of a Redis 7 AOF manifest; [] when there is none."""
+    text = io.BytesIO()
+    try:
+        _copy_out(container, path, text.write)
+    except TargetError:  # no manifest yet: nothing for Redis to clean up
+        return []
+    entries = []
+    for line in text.getvalue().decode().splitlines():
+        words = shlex.split(line)
+        fields = dict(zip(words[::2], words[1::2], strict=False))
+        if "file" in fields and "seq" in fields:
+            entries.append((fields["file"], int(fields["seq"])))
+    return entries
+
+
+def _owner(container, path: PurePosixPath) -> tuple[int, int]:
+    """uid/gid of path in the container (the first header of its archive)."""
+    with _tar_reader(container, path) as tar:
+        member = tar.next()
+    return (member.uid, member.gid) if member else (0, 0)
+
+
+def _tar_stream(
+    members: list[tuple[str, int, Callable[[], Iterable[bytes]]]], uid: int, gid: int
+) -> Iterator[bytes]:
+    """A tar archive generated on the fly: each file's size is known before its data."""
+    for name, size, chunks in members:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.uid, info.gid = size, 0o600, uid, gid
+        info.mtime = int(time.time())
+        yield info.tobuf(format=tarfile.PAX_FORMAT)
+        written = 0
+        for chunk in chunks():
+            written += len(chunk)
+            yield chunk
+        if written != size:
+            raise TargetError("redis", f"{name}: the artifact changed while being restored")
+        if size % tarfile.BLOCKSIZE:
+            yield tarfile.NUL * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE)
+    yield tarfile.NUL * (2 * tarfile.BLOCKSIZE)
+
+
+def _container_gone(container) -> str | None:
+    container.reload()
+    if container.status in ("exited", "dead"):
+        logs = container.logs(tail=5).decode(errors="replace").strip()
+        return f"the container stopped after restore: {logs}"
+    return None
+
+
+def _wait_ready(url: str, failed: Callable[[], str | None]) -> redis.Redis:
+    """Wait until Redis answers PING and has loaded its data (INFO loading:0)."""
+    client = _client(url)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            if client.ping() and client.info("persistence")["loading"] == 0:
+                return client
+        except (redis.ConnectionError, redis.TimeoutError):  # starting, or BusyLoadingError
+            pass
+        reason = failed()
+        if reason:
+            raise TargetError("redis", reason)
+        time.sleep(0.2)
+    raise TargetError("redis", f"{_where(url)} did not load its data within {READY_TIMEOUT} s")
+
+
+def _restore_live(
+    settings: RedisSettings, artifact: Path, identity_file: Path | None, progress: Progress
+) -> tuple[dict[int, int], dict]:
+    target = _client(settings.url)
+    with _errors(settings.url, "cannot reach the target"):
+        databases = int(_config(target, "databases") or 16)
+    with (
+        _temp_server(artifact, identity_file, databases) as (source, summary),
+        _errors(settings.url, "restore into the target failed"),
+    ):
+        target.flushall()
+        _copy_keys(source, settings.url, progress)
+        return _keyspace(target), summary
+
+
+def _unpack(artifact: Path, identity_file: Path | None, dest: Path) -> dict:
+    """Decompress the artifact to dest (0600), checking the RDB as it goes."""
+    check = RdbCheck()
+    with open(dest, "xb", opener=lambda p, f: os.open(p, f, 0o600)) as out:
+        for chunk in read_plain(artifact, identity_file):
+            check.update(chunk)
+            out.write(chunk)
+    return check.finish()
+
+
+@contextmanager
+def _temp_server(
+    artifact: Path, identity_file: Path | None, databases: int
+) -> Iterator[tuple[str, dict]]:
+    """A throwaway redis-server holding the artifact's data, reachable only through a unix
+    socket in a 0700 dir (no TCP port: other local users cannot read the data)."""
+    tmp = Path(tempfile.mkdtemp(prefix="xiehe-redis-"))  # mkdtemp makes it 0700
+    proc = None
+    try:
+        summary = _unpack(artifact, identity_file, tmp / "dump.rdb")
+        sock = tmp / "redis.sock"
+        conf = tmp / "redis.conf"
+        conf.touch(mode=0o600)
+        conf.write_text(
+            f'port 0\nunixsocket "{sock}"\nunixsocketperm 700\ndir "{tmp}"\n'
+            f'dbfilename dump.rdb\nsave ""\nappendonly no\ndatabases {max(databases, 16)}\n'
+            f'logfile "{tmp}/redis.log"\n'
+        )
+        proc = subprocess.Popen([REDIS_SERVER, str(conf)], stdin=subprocess.DEVNULL)
+        url = f"unix://{sock}"
+        _wait_ready(url, lambda: _server_gone(proc, tmp))
+        yield url, summary
+    finally:
+        if proc:
+            proc.terminate()
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _server_gone(proc: subprocess.Popen, tmp: Path) -> str | None:
+    if proc.poll() is None:
+        return None
+    log = (tmp / "redis.log").read_text(errors="replace").strip().splitlines()[-3:]
+    return f"the temporary redis-server could not load the RDB: {' | '.join(log)}"
+
+
+def _batches(keys: Iterable[bytes]) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    for key in keys:
+        batch.append(key)
+        if len(batch) == BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _copy_keys(source_url: str, target_url: str, progress: Progress) -> None:
+    """DUMP/PTTL every key of every db of source, RESTORE ... REPLACE it into target."""
+    for db in _keyspace(_client(source_url)):
+        src, dst = _client(source_url, db), _client(target_url, db)
+        for batch in _batches(src.scan_iter(count=BATCH)):
+            read = src.pipeline(transaction=False)
+            for key in batch:
+                read.pttl(key)
+                read.dump(key)
+            replies = read.execute()
+            write = dst.pipeline(transaction=False)
+            for key, ttl, payload in zip(batch, replies[::2], replies[1::2], strict=True):
+                if payload is not None and ttl != -2:  # -2: expired while we copied
+                    write.restore(key, max(ttl, 0), payload, replace=True)
+            write.execute()
+            progress(sum(len(p) for p in replies[1::2] if p))
+
+
+# --- comparison helper -------------------------------------------------------------------
+
+
+def _value(client: redis.Redis, kind: str, key: bytes):
+    if kind == "string":
+        return client.get(key)
+    if kind == "hash":
+        return client.hgetall(key)
+    if kind == "list":
+        return client.lrange(key, 0, -1)
+    if kind == "set":
+        return sorted(client.smembers(key))
+    if kind == "zset":
+        return client.zrange(key, 0, -1, withscores=True)
+    if kind == "stream":
+        return client.xrange(key)
+    raise TargetError("redis", f"dump_keys: unsupported type {kind} for {key!r}")
+
+
+def dump_keys(url: str) -> dict[int, dict[bytes, tuple[str, object, float | None]]]:
+    """{db: {key: (type, normalised value, ttl in seconds or None)}} of every key."""
+    out: dict[int, dict[bytes, tuple[str, object, float | None]]] = {}
+    with _errors(url, "cannot dump keys"):
+        for db in _keyspace(_client(url)):
+            client = _client(url, db)
+            keys = {}
+            for key in client.scan_iter(count=1000):
+                kind = client.type(key).decode()
+                ttl = client.pttl(key)
+                keys[key] = (kind, _value(client, kind, key), ttl / 1000 if ttl >= 0 else None)
+            out[db] = keys
+    return out
