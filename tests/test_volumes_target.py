@@ -20,7 +20,7 @@ import pytest
 from docker.errors import NotFound
 
 from workers.errors import TargetError, UnsafeArchive
-from workers.store.codec import Codec, open_plain
+from workers.store.codec import Codec, CorruptArtifact, open_plain
 from workers.targets import docker_engine, tar_safety, volumes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,6 +205,7 @@ def test_volume_in_use_is_not_copied_live(engine, new_volume, tmp_path):
         volumes.archive(engine, name, "xiehe/no-such-image:x", tmp_path, "b3", Codec(), None, True)
     user.reload()
     assert user.status == "running"
+    assert not engine.containers.list(all=True, filters={"label": f"xiehe.helper={name}"})
 
     result = volumes.archive(engine, name, HELPER, tmp_path, "b3", Codec(), stop_running=True)
     assert result["files"] == 1
@@ -294,6 +295,19 @@ def test_unsafe_archive_refused_before_the_volume_is_touched(case, engine, new_v
     before = volumes.file_inventory(engine, name, HELPER)
     with pytest.raises(UnsafeArchive):
         volumes.restore(engine, name, artifact, HELPER, max_unpacked_bytes=1000)
+    assert volumes.file_inventory(engine, name, HELPER) == before
+
+
+def test_truncated_artifact_refused_before_the_volume_is_touched(engine, new_volume, tmp_path):
+    name = new_volume()
+    run_in(engine, name, f"head -c {BIG} /dev/urandom > /target/big.bin")
+    result = volumes.archive(engine, name, HELPER, tmp_path, "b5", Codec())
+    artifact = tmp_path / result["artifacts"][0]["file"]
+    with open(artifact, "r+b") as fh:
+        fh.truncate(artifact.stat().st_size // 2)
+    before = volumes.file_inventory(engine, name, HELPER)
+    with pytest.raises(CorruptArtifact):
+        volumes.restore(engine, name, artifact, HELPER)
     assert volumes.file_inventory(engine, name, HELPER) == before
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import docker
 from docker.errors import DockerException, NotFound
 
@@ -12,7 +14,7 @@ STOP_TIMEOUT = 60  # seconds a database gets to shut down cleanly before SIGKILL
 
 def client(docker_url: str | None = None) -> docker.DockerClient:
     """A client that has answered a ping; TargetError("docker", ...) says why it cannot."""
-    where = docker_url or "the default socket (DOCKER_HOST or /var/run/docker.sock)"
+    where = docker_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     try:
         engine = docker.DockerClient(base_url=docker_url) if docker_url else docker.from_env()
         engine.ping()

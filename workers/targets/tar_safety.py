@@ -20,6 +20,7 @@ from workers.errors import UnsafeArchive
 from workers.store.codec import CHUNK, CorruptArtifact, open_plain
 
 ROOT = "."
+COUNTS = ("files", "dirs", "symlinks", "hardlinks", "bytes")
 _MAX_LINK_HOPS = 40  # as the kernel's ELOOP limit
 
 
@@ -92,7 +93,7 @@ class SafetyFilter:
 
     def __init__(self, max_unpacked_bytes: int | None = None) -> None:
         self.max_unpacked_bytes = max_unpacked_bytes
-        self.counts = {"files": 0, "dirs": 0, "symlinks": 0, "hardlinks": 0, "bytes": 0}
+        self.counts = dict.fromkeys(COUNTS, 0)
         self.root: dict | None = None
         # Hashes, not names: a volume may hold millions of files and memory must stay bounded.
         self._linkable: set[int] = set()
@@ -170,8 +171,14 @@ def scan(
     artifact: Path, identity_file: Path | None = None, max_unpacked_bytes: int | None = None
 ) -> dict:
     """Read a whole artifact and validate every member without extracting anything."""
+    with open_plain(artifact, identity_file) as raw:
+        return scan_stream(raw, max_unpacked_bytes)
+
+
+def scan_stream(raw: BinaryIO, max_unpacked_bytes: int | None = None) -> dict:
+    """Validate every member of a plaintext tar stream without extracting anything."""
     guard = SafetyFilter(max_unpacked_bytes)
-    with open_plain(artifact, identity_file) as raw, open_stream(raw) as tar:
+    with open_stream(raw) as tar:
         members = 0
         for member, _ in safe_members(tar, guard):
             members += 1

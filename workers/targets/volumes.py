@@ -25,13 +25,21 @@ import urllib3
 from docker.errors import DockerException, ImageNotFound, NotFound
 
 from workers.errors import TargetError, UnsafeArchive
-from workers.store.codec import CHUNK, ArtifactWriter, ChunkStream, Codec, open_plain
+from workers.store.codec import (
+    CHUNK,
+    ArtifactWriter,
+    ChunkStream,
+    Codec,
+    CorruptArtifact,
+    open_plain,
+)
 from workers.targets.docker_engine import (
     containers_using_volume,
     start_containers,
     stop_containers,
 )
 from workers.targets.tar_safety import (
+    COUNTS,
     ROOT,
     SafetyFilter,
     normalize,
@@ -168,17 +176,31 @@ def _volume_tar(container, name: str) -> Iterator[bytes]:
         raise TargetError(f"volume:{name}", f"cannot read through the engine: {exc}") from None
 
 
+class _Meter:
+    """Calls progress(bytes so far) every PROGRESS_EVERY bytes, and once at the end."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.done = self.reported = 0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.progress and self.done - self.reported >= PROGRESS_EVERY:
+            self.progress(self.done)
+            self.reported = self.done
+
+    def finish(self) -> None:
+        if self.progress:
+            self.progress(self.done)
+
+
 def _tee(chunks: Iterator[bytes], sink: ArtifactWriter, progress: Progress) -> Iterator[bytes]:
-    done = reported = 0
+    meter = _Meter(progress)
     for chunk in chunks:
         sink.write(chunk)
-        done += len(chunk)
-        if progress and done - reported >= PROGRESS_EVERY:
-            progress(done)
-            reported = done
+        meter.add(len(chunk))
         yield chunk
-    if progress:
-        progress(done)
+    meter.finish()
 
 
 def archive(
@@ -213,7 +235,7 @@ def archive(
         record = writer.commit()
     return {
         "artifacts": [{**record, "kind": "volume", "source": name}],
-        **{k: guard.counts[k] for k in ("files", "dirs", "symlinks", "hardlinks", "bytes")},
+        **guard.counts,
         "manifest_sha256": manifest.hexdigest(),
     }
 
@@ -263,7 +285,7 @@ def _safe_tar(
 ) -> Iterator[bytes]:
     """The artifact's members re-emitted as a tar stream, each checked before it is sent."""
     guard = SafetyFilter(max_unpacked_bytes)
-    done = reported = 0
+    meter = _Meter(progress)
     with open_plain(artifact, identity_file) as raw, open_stream(raw) as tar:
         for member, path in safe_members(tar, guard):
             yield _member_blocks(member, path)
@@ -273,13 +295,9 @@ def _safe_tar(
             while chunk := src.read(CHUNK):
                 yield chunk
             yield b"\0" * (-member.size % tarfile.BLOCKSIZE)
-            done += member.size
-            if progress and done - reported >= PROGRESS_EVERY:
-                progress(done)
-                reported = done
+            meter.add(member.size)
     yield b"\0" * (2 * tarfile.BLOCKSIZE)
-    if progress:
-        progress(done)
+    meter.finish()
 
 
 def restore(
@@ -312,11 +330,11 @@ def restore(
         try:
             stream = _safe_tar(artifact, identity_file, max_unpacked_bytes, progress)
             helper.put_archive(TARGET, stream)
-        except (*_ENGINE_ERRORS, UnsafeArchive, OSError) as exc:
+        except (*_ENGINE_ERRORS, UnsafeArchive, CorruptArtifact, OSError) as exc:
             raise TargetError(
                 f"volume:{name}", f"restore failed part-way, the volume is incomplete: {exc}"
             ) from exc
-    counts = {k: summary[k] for k in ("files", "dirs", "symlinks", "hardlinks", "bytes")}
+    counts = {k: summary[k] for k in COUNTS}
     return {"volume": name, "created": created, **counts}
 
 
