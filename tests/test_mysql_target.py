@@ -1,0 +1,293 @@
+"""MySQL target against the real MariaDB at 127.0.0.1:3306: dump, destroy, restore, compare."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from workers.config import MySQLSettings
+from workers.errors import TargetError
+from workers.store.codec import Codec
+from workers.targets import mysql
+
+ZSTD = Codec()
+ROOT = MySQLSettings("127.0.0.1", 3306, "root", "", (), "medical_system", 3)
+BIG_ROWS = 50_000
+SCHEMA = [
+    """CREATE TABLE patient (
+        id INT PRIMARY KEY AUTO_INCREMENT, name VARCHAR(100), note TEXT, born DATETIME(6),
+        balance DECIMAL(20,6), meta JSON, flags BIT(5), photo BLOB, score DOUBLE,
+        seen TIMESTAMP NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    """CREATE TABLE study (
+        id INT PRIMARY KEY AUTO_INCREMENT, patient_id INT NOT NULL, descr VARCHAR(200),
+        twice INT AS (id * 2) VIRTUAL,
+        FOREIGN KEY (patient_id) REFERENCES patient (id)) ENGINE=InnoDB""",
+    "CREATE TABLE big (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(64), n BIGINT) ENGINE=InnoDB",
+    "CREATE TABLE legacy (k VARCHAR(20) PRIMARY KEY, v VARBINARY(20)) ENGINE=MyISAM",
+    "CREATE TABLE empty_one (id INT PRIMARY KEY) ENGINE=InnoDB",
+    f"INSERT INTO big (v, n) SELECT CONCAT('row-', seq), seq * 1000003 FROM seq_1_to_{BIG_ROWS}",
+    "INSERT INTO legacy VALUES ('a', 0x00FF27), ('b', NULL), ('c', '')",
+    "CREATE VIEW v_patient AS SELECT id, name FROM patient WHERE id > 0",
+    "CREATE VIEW a_names AS SELECT name FROM v_patient",  # a view on a view, sorted first
+    """CREATE TRIGGER study_descr BEFORE INSERT ON study FOR EACH ROW
+        SET NEW.descr = COALESCE(NEW.descr, 'none')""",
+    """CREATE PROCEDURE count_patients(OUT n INT)
+        BEGIN
+          SELECT COUNT(*) INTO n FROM patient; -- a comment; with a semicolon
+        END""",
+    "CREATE FUNCTION twice(x INT) RETURNS INT DETERMINISTIC RETURN x * 2",
+    "CREATE EVENT purge_big ON SCHEDULE EVERY 1 DAY DISABLE DO DELETE FROM big WHERE id < 0",
+]
+NAMES = ["张三", "李四 😀🏥", 'O\'Brien \\ "quoted"', "line\nbreak\r\ttab", "", None]
+
+
+def sql(query: str, database: str | None = None, args: tuple = ()) -> list[tuple]:
+    conn = pymysql.connect(host="127.0.0.1", user="root", database=database, charset="utf8mb4")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, args or None)
+            result = list(cur.fetchall())
+        conn.commit()
+        return result
+    finally:
+        conn.close()
+
+
+def fill_patients(database: str, count: int) -> None:
+    conn = pymysql.connect(host="127.0.0.1", user="root", database=database, charset="utf8mb4")
+    rng = __import__("random").Random(7)
+    with conn.cursor() as cur:
+        for i in range(count):
+            photo = bytes([0, 39, 34, 92, 10, 13, 26]) + os.urandom(rng.randint(0, 3000))
+            cur.execute(
+                "INSERT INTO patient (name, note, born, balance, meta, flags, photo, score, seen)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    NAMES[i % len(NAMES)],
+                    None if i % 3 else "备注 note ✓ " * (i % 50),
+                    None if i % 4 == 0 else f"20{i % 100:02d}-01-02 03:04:05.{i:06d}",
+                    None if i % 5 == 0 else f"{i}.{i % 1000000:06d}",
+                    None if i % 2 else f'{{"k": {i}, "s": "值\\n\\"x\\""}}',
+                    i % 32,
+                    None if i % 7 == 0 else photo,
+                    i / 7,
+                    None if i % 2 else "2024-03-31 01:30:00",
+                ),
+            )
+            cur.execute("INSERT INTO study (patient_id, descr) VALUES (%s, NULL)", (i + 1,))
+    conn.commit()
+    conn.close()
+
+
+def drop(*databases: str) -> None:
+    for db in databases:
+        sql(f"DROP DATABASE IF EXISTS `{db}`")
+
+
+@pytest.fixture
+def names():
+    """Unique database names for one test; dropped at the end."""
+    tag = uuid.uuid4().hex[:8]
+    made = {k: f"t_{k}_{tag}" for k in ("src", "hand", "copy", "other")}
+    yield made
+    drop(*made.values())
+
+
+@pytest.fixture
+def source(names) -> str:
+    db = names["src"]
+    sql(f"CREATE DATABASE `{db}` CHARACTER SET utf8mb4")
+    for statement in SCHEMA:
+        sql(statement, db)
+    fill_patients(db, 300)
+    return db
+
+
+def dump(tmp_path: Path, settings: MySQLSettings, codec: Codec = ZSTD) -> dict:
+    written = []
+    result = mysql.dump(settings, tmp_path / "out", "b1", codec, written.append)
+    assert sum(written) == sum(a["plain_bytes"] for a in result["artifacts"][:-1])
+    return result
+
+
+def artifact_of(tmp_path: Path, result: dict, db: str) -> Path:
+    (art,) = [a for a in result["artifacts"] if a.get("source") == db]
+    return tmp_path / "out" / art["file"]
+
+
+def load_by_hand(artifact: Path, source: str, target: str) -> None:
+    """What an operator does: decompress, point the two header lines elsewhere, pipe."""
+    rename = (
+        f"s/^CREATE DATABASE IF NOT EXISTS `{source}`/CREATE DATABASE IF NOT EXISTS `{target}`/;"
+        f"s/^USE `{source}`;$/USE `{target}`;/"
+    )
+    subprocess.run(
+        f"zstd -dc '{artifact}' | sed -e '{rename}' | mariadb -h127.0.0.1 -uroot",
+        shell=True,
+        check=True,
+    )
+
+
+def all_rows(database: str, table: str) -> list[tuple]:
+    return sql(f"SELECT * FROM `{table}` ORDER BY 1", database)
+
+
+def checksum_table(database: str, table: str) -> int:
+    return sql(f"CHECKSUM TABLE `{database}`.`{table}`")[0][1]
+
+
+def test_check_describes_server(source):
+    info = mysql.check(ROOT)
+    assert info["flavor"] == "mariadb"
+    assert source in info["databases"]
+    assert not {"mysql", "sys", "information_schema"} & set(info["databases"])
+
+
+def test_wrong_password_is_a_clear_error():
+    with pytest.raises(TargetError, match="wrong user or password") as err:
+        mysql.check(replace(ROOT, password="not-the-password-42"))
+    assert "not-the-password-42" not in str(err.value)
+
+
+def test_unreachable_server_is_a_clear_error():
+    with pytest.raises(TargetError, match="cannot reach the server at 127.0.0.1:1"):
+        mysql.check(replace(ROOT, port=1))
+
+
+def test_dump_loads_by_hand_and_restores_under_other_names(tmp_path, names, source):
+    result = dump(tmp_path, replace(ROOT, databases=(source,)))
+    assert result["snapshot"] == "shared-ftwrl"
+    recorded = result["databases"][source]
+    assert recorded["tables"] == mysql.checksums(ROOT, source)
+    assert recorded["tables"]["big"]["rows"] == BIG_ROWS
+    assert recorded["views"] == ["a_names", "v_patient"]
+    assert recorded["routines"] == ["FUNCTION twice", "PROCEDURE count_patients"]
+    assert (recorded["triggers"], recorded["events"]) == (["study_descr"], ["purge_big"])
+    artifact = artifact_of(tmp_path, result, source)
+    assert artifact.name == f"{source}_b1.sql.zst"
+    assert artifact.stat().st_mode & 0o777 == 0o600
+    index = tmp_path / "out" / "full_backup_b1.list"
+    assert artifact.name in index.read_text().splitlines()
+    assert index.stat().st_mode & 0o777 == 0o600
+
+    load_by_hand(artifact, source, names["hand"])
+    mysql.restore(ROOT, artifact, names["copy"], None, lambda n: None)
+    for copy in (names["hand"], names["copy"]):
+        assert mysql.checksums(ROOT, copy) == recorded["tables"]
+        assert mysql.objects(ROOT, copy) == mysql.objects(ROOT, source)
+        for table in ("patient", "study", "legacy"):
+            assert all_rows(copy, table) == all_rows(source, table)
+        for table in ("patient", "big", "legacy", "empty_one"):  # not study: see checksums()
+            assert checksum_table(copy, table) == checksum_table(source, table)
+        # The objects work and point at the copy, not at the source.
+        assert sql("SELECT COUNT(*) FROM a_names", copy) == [(300,)]
+        assert sql("SELECT twice(21)", copy) == [(42,)]
+        assert source not in sql("SHOW CREATE VIEW v_patient", copy)[0][1]
+        sql("INSERT INTO study (patient_id) VALUES (1)", copy)
+        assert sql("SELECT descr FROM study ORDER BY id DESC LIMIT 1", copy) == [("none",)]
+    sql(f"DELETE FROM `{names['copy']}`.big")  # the copy is independent of the source
+    assert sql("SELECT COUNT(*) FROM big", source) == [(BIG_ROWS,)]
+    # A copy under another name must not run the original's scheduled jobs.
+    assert sql(
+        "SELECT STATUS FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s",
+        args=(names["copy"],),
+    ) == [("DISABLED",)]
+
+
+def test_restore_over_the_same_name_replaces_it(tmp_path, source):
+    result = dump(tmp_path, replace(ROOT, databases=(source,), parallel=1))
+    expected = result["databases"][source]["tables"]
+    sql("DELETE FROM study", source)
+    sql("DROP VIEW a_names", source)
+    mysql.restore(ROOT, artifact_of(tmp_path, result, source), source, None, lambda n: None)
+    assert mysql.checksums(ROOT, source) == expected
+    assert "a_names" in mysql.objects(ROOT, source)["views"]
+
+
+def test_truncated_artifact_is_refused_before_anything_is_dropped(tmp_path, names, source):
+    result = dump(tmp_path, replace(ROOT, databases=(source,)), Codec("none"))
+    artifact = artifact_of(tmp_path, result, source)
+    text = artifact.read_bytes()
+    cut_at_line = tmp_path / "cut.sql"
+    cut_at_line.write_bytes(text[: text.rindex(b"\nINSERT INTO") + 1])  # ends on a whole line
+    with pytest.raises(TargetError, match="truncated"):
+        mysql.restore(ROOT, cut_at_line, source, None, lambda n: None)
+    assert sql("SELECT COUNT(*) FROM big", source) == [(BIG_ROWS,)]  # untouched
+
+    zst = artifact_of(tmp_path, dump(tmp_path, replace(ROOT, databases=(source,))), source)
+    cut_frame = tmp_path / "cut.sql.zst"
+    cut_frame.write_bytes(zst.read_bytes()[: zst.stat().st_size // 2])
+    with pytest.raises(TargetError, match="truncated"):
+        mysql.restore(ROOT, cut_frame, source, None, lambda n: None)
+    assert mysql.checksums(ROOT, source) == result["databases"][source]["tables"]
+
+
+def test_counts_describe_the_dump_while_clients_write(tmp_path, names, source):
+    stop = threading.Event()
+    inserted = [0]
+
+    def writer() -> None:
+        conn = pymysql.connect(host="127.0.0.1", user="root", database=source, autocommit=True)
+        with conn.cursor() as cur:
+            while not stop.is_set():
+                cur.execute("INSERT INTO big (v, n) VALUES ('live', 1), ('live', 2)")
+                cur.execute("UPDATE patient SET balance = balance + 1 WHERE id = 1")
+                inserted[0] += 2
+        conn.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        result = dump(tmp_path, replace(ROOT, databases=(source,)))
+    finally:
+        stop.set()
+        thread.join()
+    assert inserted[0] > 0
+    recorded = result["databases"][source]["tables"]
+    mysql.restore(ROOT, artifact_of(tmp_path, result, source), names["copy"], None, lambda n: None)
+
+    assert mysql.checksums(ROOT, names["copy"]) == recorded
+    assert sql("SELECT COUNT(*) FROM big", names["copy"]) == [(recorded["big"]["rows"],)]
+
+
+@pytest.fixture
+def users(names, source):
+    """A least-privilege backup user, one without RELOAD, and a restore user."""
+    tag = names["src"][-8:]
+    made = {k: f"xb_{k}_{tag}" for k in ("backup", "noreload", "restore")}
+    pw = uuid.uuid4().hex
+    for user in made.values():
+        sql(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{pw}'")
+    on_db = "SELECT, SHOW VIEW, TRIGGER, EVENT"
+    sql(f"GRANT {on_db} ON `{source}`.* TO '{made['backup']}'@'%'")
+    sql(f"GRANT RELOAD, BINLOG MONITOR ON *.* TO '{made['backup']}'@'%'")
+    sql(f"GRANT {on_db} ON `{source}`.* TO '{made['noreload']}'@'%'")
+    for user in ("backup", "noreload"):  # without it routines are invisible, not an error
+        sql(f"GRANT SELECT ON mysql.proc TO '{made[user]}'@'%'")
+    sql(f"GRANT ALL PRIVILEGES ON `{names['copy']}`.* TO '{made['restore']}'@'%'")
+    sql(f"GRANT SET USER ON *.* TO '{made['restore']}'@'%'")
+    yield {k: replace(ROOT, user=u, password=pw) for k, u in made.items()}
+    for user in made.values():
+        sql(f"DROP USER IF EXISTS '{user}'@'%'")
+
+
+def test_least_privilege_users(tmp_path, names, source, users):
+    assert mysql.check(users["backup"])["databases"] == [source]
+    shared = dump(tmp_path / "shared", users["backup"])
+    assert shared["snapshot"] == "shared-ftwrl"
+    single = dump(tmp_path / "single", users["noreload"])
+    assert single["snapshot"] == "single-connection"
+    expected = mysql.checksums(ROOT, source)
+    assert shared["databases"][source]["tables"] == expected
+    assert single["databases"][source]["tables"] == expected
+    artifact = artifact_of(tmp_path / "single", single, source)
+    mysql.restore(users["restore"], artifact, names["copy"], None, lambda n: None)
+    assert mysql.checksums(ROOT, names["copy"]) == expected
+    assert mysql.objects(ROOT, names["copy"]) == mysql.objects(ROOT, source)
