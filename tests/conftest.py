@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import uuid
@@ -113,3 +114,28 @@ def base_env(broker_url: str, backup_dir: Path) -> dict[str, str]:
         PYTHONPATH=str(Path(__file__).resolve().parents[1]),
     )
     return env
+
+
+@pytest.fixture
+def stack(mysql_conn, scratch_db, redis_server, docker_client, helper_image, broker, tmp_path):
+    """A filled XieHe-like stack and the environment of a worker that backs it up."""
+    from tests.support.stack import Stack, fill_mysql, fill_redis, fill_volume
+    from workers.config import MySQLSettings
+
+    broker.client().flushall()  # no run or lock of an earlier test leaks into this one
+    db = scratch_db("xs")
+    fill_mysql(mysql_conn, db)
+    data_redis = redis_server()
+    fill_redis(data_redis.url)
+    volume = unique("xiehe_vol")
+    fill_volume(docker_client, volume, helper_image)
+    settings = MySQLSettings("127.0.0.1", 3306, "root", "", (db,), "medical_system", 2)
+    env = base_env(broker.url, tmp_path / "backups")
+    env.update(
+        XIEHE_MYSQL_HOST="127.0.0.1", XIEHE_MYSQL_PORT="3306", XIEHE_MYSQL_USER="root",
+        XIEHE_MYSQL_DATABASES=db, XIEHE_REDIS_URL=data_redis.url, XIEHE_VOLUMES=volume,
+    )
+    yield Stack(settings, db, data_redis.url, [volume], docker_client, helper_image), env
+    for name in [volume]:
+        with contextlib.suppress(Exception):
+            docker_client.volumes.get(name).remove(force=True)

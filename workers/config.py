@@ -54,6 +54,7 @@ class Settings:
     stop_volumes_for: tuple[str, ...]  # volumes whose running users may be stopped to tar them
     reserve_bytes: int
     lock_ttl: int
+    lock_wait: int  # seconds a run waits for a target another run holds, then gives up
     age_recipients: tuple[str, ...] = field(repr=False)
     age_identity_file: Path | None
     docker_url: str | None
@@ -170,6 +171,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         stop_volumes_for=_list(env, "XIEHE_VOLUMES_ALLOW_STOP"),
         reserve_bytes=_int(env, "XIEHE_DISK_RESERVE_MB", 512) * 1024 * 1024,
         lock_ttl=_int(env, "XIEHE_LOCK_TTL", 120, minimum=10),
+        lock_wait=_int(env, "XIEHE_LOCK_WAIT", 30),
         age_recipients=recipient_list,
         age_identity_file=Path(identity) if identity else None,
         docker_url=env.get("XIEHE_DOCKER_URL", "").strip() or None,

@@ -18,9 +18,16 @@ from workers.steps.abandon_backup import abandon_backup
 from workers.steps.archive_volumes import archive_volumes
 from workers.steps.dump_mysql import dump_mysql
 from workers.steps.preflight_backup import preflight_backup
+from workers.steps.preflight_restore import preflight_restore
 from workers.steps.publish_backup import publish_backup
+from workers.steps.recover_restore import recover_restore
+from workers.steps.report_restore import report_restore
+from workers.steps.restore_targets import restore_mysql, restore_redis, restore_volumes
+from workers.steps.safety_backup import safety_backup
+from workers.steps.services import start_services, stop_services
 from workers.steps.snapshot_redis import snapshot_redis
 from workers.steps.verify_backup import verify_staged
+from workers.steps.verify_restore import verify_restore
 from workers.store.layout import new_backup_id
 
 # (step name, function, the kind it needs or None)
@@ -32,7 +39,22 @@ BACKUP_STEPS = (
     ("verify", verify_staged, None),
     ("publish", publish_backup, None),
 )
-WORKFLOWS = {"backup": (BACKUP_STEPS, abandon_backup)}
+# The seed plan's order: stop services, save what is there, restore, restart, verify.
+RESTORE_STEPS = (
+    ("preflight", preflight_restore, None),
+    ("stop_services", stop_services, None),
+    ("safety_backup", safety_backup, None),
+    ("restore_mysql", restore_mysql, "mysql"),
+    ("restore_redis", restore_redis, "redis"),
+    ("restore_volumes", restore_volumes, "volumes"),
+    ("start_services", start_services, None),
+    ("verify", verify_restore, None),
+    ("report", report_restore, None),
+)
+WORKFLOWS = {
+    "backup": (BACKUP_STEPS, abandon_backup),
+    "restore": (RESTORE_STEPS, recover_restore),
+}
 
 
 def plan(steps, kinds: list[str]) -> list[str]:
@@ -62,6 +84,20 @@ def new_backup_run(backup_id: str, kinds: list[str], skipped: dict, reason: str)
     }
 
 
+def new_restore_run(run_id: str, backup_id: str, kinds: list[str], only: list[str]) -> dict:
+    return {
+        "id": run_id,
+        "type": "restore",
+        "backup_id": backup_id,
+        "kinds": kinds,
+        "only": only,
+        "created_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "plan": plan(RESTORE_STEPS, kinds),
+        "steps": {},
+        "status": "queued",
+    }
+
+
 def run_inline(run: dict) -> dict:
     """Carry out a whole run in this process (a restore's safety backup, a drill)."""
     steps, on_failure = WORKFLOWS[run["type"]]
@@ -76,5 +112,7 @@ def signature(run: dict):
     from workers import tasks
 
     first, *rest = run["plan"]
-    return chain(tasks.task_for(run["type"], first).s(run),
-                 *(tasks.task_for(run["type"], name).s() for name in rest))
+    return chain(
+        tasks.task_for(run["type"], first).s(run),
+        *(tasks.task_for(run["type"], name).s() for name in rest),
+    )

@@ -6,16 +6,7 @@ import argparse
 import sys
 
 from producers.cli import common
-from workers import workflows
-from workers.config import Settings
-from workers.errors import BackupError
-
-KINDS = ("mysql", "redis", "volumes")
-HOW_TO_SET = {
-    "mysql": "XIEHE_MYSQL_HOST is not set",
-    "redis": "XIEHE_REDIS_URL is not set",
-    "volumes": "XIEHE_VOLUMES is not set",
-}
+from producers.runs import enqueue, select_kinds
 
 
 def register(sub) -> None:
@@ -24,30 +15,6 @@ def register(sub) -> None:
     p.add_argument("--reason", default="manual", help="why (recorded in the manifest)")
     p.add_argument("--detach", action="store_true", help="print the id and return at once")
     p.set_defaults(handler=run)
-
-
-def select_kinds(settings: Settings, only: str) -> tuple[list[str], dict[str, str]]:
-    """The kinds this backup covers, and why each other kind is skipped."""
-    asked = [k.strip() for k in only.split(",") if k.strip()] or list(KINDS)
-    unknown = [k for k in asked if k not in KINDS]
-    if unknown:
-        raise BackupError(f"--only: unknown kind {', '.join(unknown)} (use {', '.join(KINDS)})")
-    configured = settings.kinds()
-    skipped = {k: HOW_TO_SET[k] for k in KINDS if k in asked and k not in configured}
-    skipped |= {k: "not selected by --only" for k in KINDS if k not in asked}
-    kinds = [k for k in KINDS if k in asked and k in configured]
-    if not kinds:
-        raise BackupError("nothing to back up: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    return kinds, skipped
-
-
-def enqueue(settings: Settings, kinds: list[str], skipped: dict, reason: str) -> str:
-    client = common.broker(settings)
-    common.require_worker()
-    backup_id = workflows.reserve_id(client)
-    run = workflows.new_backup_run(backup_id, kinds, skipped, reason)
-    workflows.signature(run).apply_async()
-    return backup_id
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,8 +29,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"backup {backup_id} enqueued ({', '.join(kinds)})", file=sys.stderr)
     state = common.follow(common.broker(settings), backup_id)
     if state.get("status") != "succeeded":
-        print(f"backup {backup_id} failed in {state.get('step')}: {state.get('error')}",
-              file=sys.stderr)
+        print(
+            f"backup {backup_id} failed in {state.get('step')}: {state.get('error')}",
+            file=sys.stderr,
+        )
         print(backup_id)
         return 1
     print(f"backup {backup_id} verified and published in {settings.backup_dir}", file=sys.stderr)

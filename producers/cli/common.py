@@ -30,7 +30,8 @@ def broker(s: Settings) -> redis.Redis:
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise BackupError(f"broker: cannot reach the queue's Redis ({exc}); check XIEHE_BROKER_URL")
+        msg = f"broker: cannot reach the queue's Redis ({exc}); check XIEHE_BROKER_URL"
+        raise BackupError(msg) from None
     return client
 
 

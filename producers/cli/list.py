@@ -33,9 +33,15 @@ def summaries(tree, include_runs: bool) -> list[dict]:
     if include_runs:
         published = {r["id"] for r in rows}
         rows += [
-            {"id": r["id"], "status": r.get("status", "?"), "created_at": r.get("created_at"),
-             "kinds": r.get("kinds", []), "size_bytes": 0, "reason": r.get("reason", ""),
-             "error": r.get("error")}
+            {
+                "id": r["id"],
+                "status": r.get("status", "?"),
+                "created_at": r.get("created_at"),
+                "kinds": r.get("kinds", []),
+                "size_bytes": 0,
+                "reason": r.get("reason", ""),
+                "error": r.get("error"),
+            }
             for r in journal.all_runs(tree)
             if r.get("type") == "backup" and r["id"] not in published
         ]
@@ -52,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{'ID':16} {'STATUS':20} {'SIZE':>10}  {'KINDS':22} REASON")
     for r in rows:
-        print(f"{r['id']:16} {r['status']:20} {common.human_bytes(r['size_bytes']):>10}  "
-              f"{','.join(r['kinds']):22} {r['reason']}{'  ' + r['error'] if r.get('error') else ''}")
+        print(
+            f"{r['id']:16} {r['status']:20} {common.human_bytes(r['size_bytes']):>10}  "
+            f"{','.join(r['kinds']):22} {r['reason']}{'  ' + r['error'] if r.get('error') else ''}"
+        )
     return 0

@@ -38,9 +38,22 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-             str(self.dir), "--save", "", "--appendonly", "no", *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -71,10 +84,26 @@ class Worker:
     def start(self) -> Worker:
         log = open(self.logfile, "ab")  # noqa: SIM115 - the worker owns it for its lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-l", "info",
-             "-c", str(self.concurrency), "-n", f"test{free_port()}@%h", "--without-gossip",
-             "--without-mingle"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "-l",
+                "info",
+                "-c",
+                str(self.concurrency),
+                "-n",
+                f"test{free_port()}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.wait_ready()
         return self

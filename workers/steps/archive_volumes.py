@@ -14,8 +14,14 @@ def archive_volumes(run: dict, ctx: StepContext) -> dict:
     artifacts, details = [], {}
     for name in present:
         result = volumes.archive(
-            ctx.docker, name, settings.helper_image, out_dir, run["id"], ctx.codec,
-            ctx.progress.add, stop_running=_may_stop(name, settings.stop_volumes_for),
+            ctx.docker,
+            name,
+            settings.helper_image,
+            out_dir,
+            run["id"],
+            ctx.codec,
+            ctx.progress.add,
+            stop_running=_may_stop(name, settings.stop_volumes_for),
         )
         artifacts += result.pop("artifacts")
         details[name] = result

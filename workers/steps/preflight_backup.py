@@ -15,8 +15,6 @@ from workers.steps.targets_of import lock_names
 from workers.store import journal, locks, space
 from workers.targets import mysql, redis, volumes
 
-LOCK_WAIT = 30.0
-
 
 def preflight_backup(run: dict, ctx: StepContext) -> dict:
     settings, tree = ctx.settings, ctx.tree
@@ -55,8 +53,11 @@ def preflight_backup(run: dict, ctx: StepContext) -> dict:
         )
     if not run.get("inherit_locks"):
         run["locks"] = locks.acquire(
-            ctx.broker, lock_names(settings, wanted, present), run["id"], settings.lock_ttl,
-            wait=float(run.get("lock_wait", LOCK_WAIT)),
+            ctx.broker,
+            lock_names(settings, wanted, present),
+            run["id"],
+            settings.lock_ttl,
+            wait=float(settings.lock_wait),
         )
     return {
         "targets": {k: _public(v) for k, v in checks.items()},
@@ -84,8 +85,10 @@ def latest_manifest(tree) -> dict | None:
 def sweep_abandoned(ctx: StepContext) -> list[str]:
     """Remove the staging of runs that died (no lock held by them any more)."""
     tree, swept = ctx.tree, []
-    live = {locks.holder(ctx.broker, key.decode()[len(locks.PREFIX):])
-            for key in ctx.broker.scan_iter(match=locks.PREFIX + "*")}
+    live = {
+        locks.holder(ctx.broker, key.decode()[len(locks.PREFIX) :])
+        for key in ctx.broker.scan_iter(match=locks.PREFIX + "*")
+    }
     for staging in (tree.root / ".staging").iterdir():
         record = journal.load(tree, staging.name) or {}
         if record.get("lock_owner", staging.name) in live:

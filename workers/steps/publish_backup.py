@@ -24,5 +24,8 @@ def publish_backup(run: dict, ctx: StepContext) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     if not run.get("inherit_locks"):
         locks.release(ctx.broker, run.get("locks") or {})
-    return {"backup_id": run["id"], "size_bytes": manifest["size_bytes"],
-            "published": len(artifacts)}
+    return {
+        "backup_id": run["id"],
+        "size_bytes": manifest["size_bytes"],
+        "published": len(artifacts),
+    }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import redis
 
@@ -24,7 +24,7 @@ StepFn = Callable[[dict, StepContext], dict]
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def held_locks(run: dict) -> dict:
@@ -35,8 +35,9 @@ def execute(name: str, fn: StepFn, run: dict, task=None, on_failure: StepFn | No
     """Run `fn` as step `name` of `run` and return the run with the step's record added."""
     settings = config.load()
     broker = redis.Redis.from_url(settings.broker_url)
-    ctx = StepContext(settings=settings, progress=Progress(broker, run["id"], name, task),
-                      broker=broker)
+    ctx = StepContext(
+        settings=settings, progress=Progress(broker, run["id"], name, task), broker=broker
+    )
     run = {**run, "steps": dict(run.get("steps", {}))}
     order = run.get("plan", [])
     ctx.progress.begin(order.index(name) + 1 if name in order else 0, len(order))
@@ -52,21 +53,29 @@ def execute(name: str, fn: StepFn, run: dict, task=None, on_failure: StepFn | No
         if lost:
             raise LockBusy(f"lost the lock on {', '.join(sorted(set(lost)))} during {name}")
     except Exception as exc:
-        record.update(status="failed", error=_describe(exc), duration_s=_since(started),
-                      finished_at=now_iso())
+        record.update(
+            status="failed", error=_describe(exc), duration_s=_since(started), finished_at=now_iso()
+        )
         run.update(status="failed", failed_step=name, error=record["error"])
         if on_failure:
             try:
                 run["recovery"] = on_failure(run, ctx)
             except Exception as cleanup_exc:  # noqa: BLE001 - report both, keep the first cause
                 run["recovery"] = {"error": _describe(cleanup_exc)}
-        locks.release(broker, held_locks(run))
+        if not run.get("inherit_locks"):  # a nested run's locks are its parent's to free
+            locks.release(broker, held_locks(run))
         journal.save(ctx.tree, run)
-        ctx.progress.publish(status="failed", step=name, error=record["error"],
-                             recovery=_recovery_hint(run))
+        ctx.progress.publish(
+            status="failed", step=name, error=record["error"], recovery=_recovery_hint(run)
+        )
         raise
-    record.update(status="succeeded", result=result, duration_s=_since(started),
-                  finished_at=now_iso(), bytes=ctx.progress.bytes)
+    record.update(
+        status="succeeded",
+        result=result,
+        duration_s=_since(started),
+        finished_at=now_iso(),
+        bytes=ctx.progress.bytes,
+    )
     if order and name == order[-1]:
         run["status"] = "succeeded"
         run["finished_at"] = now_iso()

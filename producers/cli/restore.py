@@ -1,0 +1,70 @@
+"""`xiehe-backup restore ID --yes [--only mysql|redis|volumes|db:NAME|volume:NAME] [--detach]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from producers.cli import common
+from workers import workflows
+from workers.errors import BackupError
+from workers.steps.restore_scope import kinds_of, parse_only, selected_artifacts
+from workers.store import manifest as manifests
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "restore", help="restore a backup (stops services, saves current data first)"
+    )
+    p.add_argument("id", help="the backup id (YYYYMMDD_HHMMSS), see `xiehe-backup list`")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--only", default="", help="mysql, redis, volumes, db:NAME or volume:NAME")
+    p.add_argument("--detach", action="store_true", help="print the run id and return at once")
+    p.set_defaults(handler=run)
+
+
+def confirm(manifest: dict, artifacts: list[dict], stop: tuple[str, ...]) -> bool:
+    print(
+        f"Restoring backup {manifest['id']} ({manifest['created_at']}) replaces:", file=sys.stderr
+    )
+    for a in artifacts:
+        label = {"mysql": "database", "redis": "Redis data", "volume": "volume"}[a["kind"]]
+        print(f"  {label} {a['source']}", file=sys.stderr)
+    if stop:
+        print(f"and stops then restarts: {', '.join(stop)}", file=sys.stderr)
+    print("The current data is backed up first.", file=sys.stderr)
+    if not sys.stdin.isatty():
+        raise BackupError("refusing to restore without --yes: no terminal to ask for confirmation")
+    answer = input("Type the backup id to go on: ").strip()
+    return answer == manifest["id"]
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = common.settings()
+    only = parse_only(args.only)
+    manifest = manifests.read(common.tree(), args.id)
+    artifacts = selected_artifacts(manifest, only)
+    if not args.yes and not confirm(manifest, artifacts, settings.stop_containers):
+        print("not confirmed; nothing was done", file=sys.stderr)
+        return 1
+    client = common.broker(settings)
+    common.require_worker()
+    run_id = workflows.reserve_id(client, prefix="restore-")
+    restore_run = workflows.new_restore_run(run_id, args.id, kinds_of(artifacts), only)
+    workflows.signature(restore_run).apply_async()
+    if args.detach:
+        print(run_id)
+        return 0
+    print(f"restore run {run_id} of backup {args.id} enqueued", file=sys.stderr)
+    state = common.follow(client, run_id)
+    if state.get("status") != "succeeded":
+        print(
+            f"restore {run_id} FAILED in {state.get('step')}: {state.get('error')}", file=sys.stderr
+        )
+        if state.get("recovery"):
+            print(state["recovery"], file=sys.stderr)
+        print(run_id)
+        return 1
+    print(f"restore of {args.id} done and verified", file=sys.stderr)
+    print(run_id)
+    return 0
