@@ -11,7 +11,12 @@ from workers.config import _secret
 BROKER_URL = _secret(os.environ, "XIEHE_BROKER_URL") or "redis://127.0.0.1:6379/0"
 LONGEST_RUN = int(os.environ.get("XIEHE_LONGEST_RUN_SECONDS", str(6 * 3600)))
 
-app = Celery("xiehe_backup", broker=BROKER_URL, backend=BROKER_URL, include=["workers.tasks"])
+app = Celery(
+    "xiehe_backup",
+    broker=BROKER_URL,
+    backend=BROKER_URL,
+    include=["workers.tasks", "workers.schedule"],
+)
 app.conf.update(
     task_default_queue="xiehe-backup",
     task_serializer="json",
@@ -36,3 +41,8 @@ app.conf.update(
     worker_cancel_long_running_tasks_on_connection_loss=False,
     timezone=os.environ.get("XIEHE_TIMEZONE") or os.environ.get("TZ") or "UTC",
 )
+
+# The beat schedule (redbeat, profile, overrides) is read from the environment there.
+from workers.schedule import configure  # noqa: E402
+
+configure(app, os.environ)
