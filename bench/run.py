@@ -1,0 +1,898 @@
+"""Benchmark xiehe-backup against the standard tools, side by side on the same data.
+
+    python3 -m bench.run --size ref [--workdir /var/tmp/xiehe-bench] [--keep]
+
+Generates the data set once (MySQL database bench_<size>, a private redis-server, Docker
+volume bench_<size>_uploads), then times each peer and our own code on it, polling the RSS
+of each process tree for its peak memory.  Prints one table, the ratios the targets of
+issue 7 name with PASS/FAIL, and writes everything to bench/results/<timestamp>.json.
+
+Our code runs in a child Python process per measurement (`_ours` below), so its peak is
+that process alone; the end-to-end rows run through a real Celery worker, whose whole
+process tree is what "worker peak" measures.  Work done inside dockerd (our volume reads
+go through the engine API; the peers read the volume's mountpoint directly) is not counted
+in anyone's memory.  The page cache is warm for every contender alike (data just written).
+Credentials never reach argv: MySQL tools get a 0600 --defaults-file, restic its password in
+RESTIC_PASSWORD, our code the XIEHE_MYSQL_PASSWORD the caller exported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from bench import generate as gen
+
+RESULTS = Path(__file__).resolve().parent / "results"
+POLL = 0.05  # seconds between two RSS samples
+PAGE = os.sysconf("SC_PAGE_SIZE")
+UNAVAILABLE = 3  # exit status of `_ours` when our function does not exist yet
+MEMORY_LIMIT_MB = 300
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def _rss(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+    except (OSError, IndexError):
+        return 0
+
+
+def tree_rss(roots: list[int]) -> int:
+    """Resident bytes of the roots and all their descendants, now."""
+    tree, total, todo = _children(), 0, list(roots)
+    while todo:
+        pid = todo.pop()
+        total += _rss(pid)
+        todo += tree.get(pid, [])
+    return total
+
+
+class PeakPoller:
+    """Samples tree_rss(roots) in a thread; .peak is the largest sample seen."""
+
+    def __init__(self, roots: list[int]) -> None:
+        self.roots, self.peak = roots, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(self.roots))
+            self._stop.wait(POLL)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+@dataclass
+class Row:
+    group: str
+    name: str
+    seconds: float | None = None
+    peak_mb: float | None = None
+    note: str = ""
+    role: str = "peer"  # "peer" or "ours"
+    extra: dict = field(default_factory=dict)
+
+
+class Bench:
+    """Runs the measurements and keeps their rows."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.workdir, self.env, self.rows = workdir, env, []
+        self.log = workdir / "bench.log"
+
+    def run(
+        self,
+        group: str,
+        name: str,
+        cmd: str | list[str],
+        role: str = "peer",
+        watch: list[int] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Row:
+        """Time cmd (a bash pipeline or an argv); peak RSS of its tree, or of `watch`'s."""
+        argv = ["bash", "-o", "pipefail", "-c", cmd] if isinstance(cmd, str) else cmd
+        out = self.workdir / "last.out"
+        row = Row(group, name, role=role)
+        print(f"-- {group}: {name}", flush=True)
+        with open(out, "wb") as stdout, open(self.log, "ab") as stderr:
+            stderr.write(f"\n== {group}: {name}\n".encode())
+            stderr.flush()
+            start = time.monotonic()
+            proc = subprocess.Popen(argv, stdout=stdout, stderr=stderr, env=env or self.env)
+            poller = PeakPoller(watch or [proc.pid])
+            rc = proc.wait()
+            row.seconds = time.monotonic() - start
+            row.peak_mb = poller.stop() / 2**20
+        row.extra["stdout"] = out.read_text(errors="replace").strip()[-2000:]
+        if rc == UNAVAILABLE and role == "ours":
+            row.seconds = row.peak_mb = None
+            row.note = "not available: " + row.extra["stdout"][-200:]
+        elif rc:
+            row.seconds = row.peak_mb = None
+            row.note = f"failed (exit {rc}), see {self.log}"
+        self.rows.append(row)
+        return row
+
+    def timed(self, group: str, name: str, fn, note: str = "") -> Row:
+        """Time an in-process call (no memory figure: the work happens in a server)."""
+        print(f"-- {group}: {name}", flush=True)
+        start = time.monotonic()
+        fn()
+        row = Row(group, name, time.monotonic() - start, None, note)
+        self.rows.append(row)
+        return row
+
+    def get(self, group: str, name: str) -> Row | None:
+        return next((r for r in self.rows if r.group == group and r.name == name), None)
+
+
+# --------------------------------------------------------------------------- our side
+
+
+def _ours(case: str, params: dict) -> int:
+    """Child-process entry: call one of our target functions; print its result as JSON."""
+    try:
+        result = OURS[case](params)
+    except (ImportError, AttributeError) as exc:
+        print(f"{type(exc).__name__}: {exc}")
+        return UNAVAILABLE
+    print(json.dumps(result, default=str))
+    return 0
+
+
+def _mysql_settings(params: dict):
+    from workers.config import MySQLSettings
+
+    return MySQLSettings(
+        host=params["host"],
+        port=params["port"],
+        user=params["user"],
+        password=os.environ.get("XIEHE_MYSQL_PASSWORD", ""),
+        databases=(params["db"],),
+        system_db="medical_system",
+        parallel=params["parallel"],
+    )
+
+
+def _codec():
+    from workers.store.codec import Codec
+
+    return Codec("zstd", 3, ())
+
+
+def _ours_mysql_dump(p: dict) -> dict:
+    from workers.targets import mysql
+
+    result = mysql.dump(_mysql_settings(p), Path(p["out"]), p["id"], _codec(), lambda n: None)
+    return {"artifacts": result["artifacts"]}
+
+
+def _ours_mysql_restore(p: dict) -> dict:
+    from workers.targets import mysql
+
+    mysql.restore(_mysql_settings(p), Path(p["artifact"]), p["into"], None, lambda n: None)
+    return {}
+
+
+def _ours_redis_snapshot(p: dict) -> dict:
+    import docker
+
+    from workers.config import RedisSettings
+    from workers.targets import redis as redis_target
+
+    settings = RedisSettings(url=p["url"], container=p.get("container"))
+    engine = docker.from_env(timeout=600) if settings.container else None
+    result = redis_target.snapshot(
+        settings, engine, Path(p["out"]), p["id"], _codec(), lambda n: None
+    )
+    return {"artifacts": result["artifacts"], "mode": result["mode"]}
+
+
+def _ours_volume_archive(p: dict) -> dict:
+    import docker
+
+    from workers.targets import volumes
+
+    engine = docker.from_env(timeout=600)
+    result = volumes.archive(engine, p["volume"], p["image"], Path(p["out"]), p["id"], _codec())
+    return {"artifacts": result["artifacts"]}
+
+
+OURS = {
+    "mysql-dump": _ours_mysql_dump,
+    "mysql-restore": _ours_mysql_restore,
+    "redis-snapshot": _ours_redis_snapshot,
+    "volume-archive": _ours_volume_archive,
+}
+
+
+def ours_cmd(case: str, **params) -> list[str]:
+    return [sys.executable, "-m", "bench.run", "_ours", case, json.dumps(params)]
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+@dataclass
+class Setup:
+    size: str
+    workdir: Path
+    db: str
+    volume: str
+    image: str
+    mysql: gen.MySQLTarget
+    redis: object = None  # tests.support-like RedisServer of our own
+    broker: object = None
+    mountpoint: str = ""
+
+
+def defaults_file(workdir: Path, target: gen.MySQLTarget) -> Path:
+    """A 0600 option file read by mariadb, mariadb-dump, mydumper and myloader."""
+    path = workdir / "my.cnf"
+    body = f"host={target.host}\nport={target.port}\nuser={target.user}\n" + (
+        f"password={target.password}\n" if target.password else ""
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("".join(f"[{g}]\n{body}" for g in ("client", "mydumper", "myloader")))
+    return path
+
+
+def fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, mode=0o700)
+    return path
+
+
+def drop_db(target: gen.MySQLTarget, db: str) -> None:
+    conn = target.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
+    finally:
+        conn.close()
+
+
+def restored_counts(target: gen.MySQLTarget, db: str) -> dict[str, int]:
+    conn = target.connect(db)
+    try:
+        with conn.cursor() as cur:
+            out = {}
+            for table in ("patients", "studies", "reports", "audit_log"):
+                cur.execute(f"SELECT COUNT(*) FROM `{table}`")
+                out[table] = cur.fetchone()[0]
+            return out
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- the groups
+
+
+def bench_mysql(b: Bench, s: Setup, cnf: Path) -> Path | None:
+    """Backups of the database; returns our dump's artifact, for the restore group."""
+    g, out = "mysql backup", fresh(s.workdir / "mysql")
+    extra = f"--defaults-file={cnf}"
+    b.run(
+        g,
+        "mariadb-dump --single-transaction | gzip",
+        f"mariadb-dump {extra} --single-transaction --routines --triggers --events "
+        f"{s.db} | gzip > {out}/dump.sql.gz",
+    )
+    b.run(g, "mydumper -t 2 -c", f"mydumper {extra} -t 2 -c -B {s.db} -o {out}/mydumper")
+    row = b.run(
+        g,
+        "ours: mysql.dump (parallel 2, zstd)",
+        ours_cmd(
+            "mysql-dump",
+            host=s.mysql.host,
+            port=s.mysql.port,
+            user=s.mysql.user,
+            db=s.db,
+            parallel=2,
+            out=str(out / "ours"),
+            id="bench",
+        ),
+        role="ours",
+    )
+    if row.seconds is None:
+        return None
+    arts = json.loads(row.extra["stdout"].splitlines()[-1])["artifacts"]
+    return out / "ours" / next(a["file"] for a in arts if a.get("source") == s.db)
+
+
+def bench_restore(b: Bench, s: Setup, cnf: Path, ours_dump: Path | None) -> None:
+    g, out, into = "mysql restore", s.workdir / "mysql", f"{s.db}_restore"
+    extra = f"--defaults-file={cnf}"
+    expected = restored_counts(s.mysql, s.db)
+    steps = [
+        (
+            "mariadb < dump (gunzip)",
+            f"mariadb {extra} -e 'CREATE DATABASE `{into}`' && "
+            f"gunzip -c {out}/dump.sql.gz | mariadb {extra} {into}",
+            "peer",
+        ),
+        (
+            "myloader -t 2",
+            f"myloader {extra} -t 2 -o -d {out}/mydumper -s {s.db} -B {into}",
+            "peer",
+        ),
+    ]
+    for name, cmd, role in steps:
+        drop_db(s.mysql, into)
+        _check_restore(b.run(g, name, cmd, role), s, into, expected)
+    drop_db(s.mysql, into)
+    if ours_dump is None:
+        b.rows.append(
+            Row(g, "ours: mysql.restore", note="not available: no dump of ours", role="ours")
+        )
+        return
+    row = b.run(
+        g,
+        "ours: mysql.restore",
+        ours_cmd(
+            "mysql-restore",
+            host=s.mysql.host,
+            port=s.mysql.port,
+            user=s.mysql.user,
+            db=s.db,
+            parallel=2,
+            artifact=str(ours_dump),
+            into=into,
+        ),
+        role="ours",
+    )
+    _check_restore(row, s, into, expected)
+    drop_db(s.mysql, into)
+
+
+def _check_restore(row: Row, s: Setup, into: str, expected: dict[str, int]) -> None:
+    """A restore that lost rows is no result: mark it, so no ratio is drawn from it."""
+    if row.seconds is None:
+        return
+    got = restored_counts(s.mysql, into)
+    if got != expected:
+        row.note = f"WRONG rows {got} != {expected}"
+        row.seconds = None
+
+
+def bench_redis(b: Bench, s: Setup) -> None:
+    import redis
+
+    g, out = "redis", fresh(s.workdir / "redis")
+    client = redis.Redis(port=s.redis.port)
+    b.run(g, "redis-cli --rdb", f"redis-cli -p {s.redis.port} --rdb {out}/cli.rdb")
+
+    def bgsave() -> None:
+        client.bgsave()  # the fork is in progress once this returns
+        wait_saved(client)
+
+    wait_saved(client)  # the replication fork of redis-cli may still be writing
+    b.timed(g, "BGSAVE (server-side, until written)", bgsave, "memory is the server's fork")
+    b.run(
+        g,
+        "ours: redis.snapshot (live, zstd)",
+        ours_cmd("redis-snapshot", url=s.redis.url, out=str(out / "ours"), id="bench"),
+        role="ours",
+    )
+
+
+def wait_saved(client) -> None:
+    """Until no RDB save (BGSAVE or a replication fork) is running."""
+    while client.info("persistence")["rdb_bgsave_in_progress"]:
+        time.sleep(0.01)
+
+
+def bench_redis_container(b: Bench, s: Setup, image: str) -> None:
+    """Container mode: BGSAVE plus copying the RDB out of the container, against ours."""
+    import docker
+    import redis
+
+    from tests.support.servers import free_port
+
+    g, out, port = "redis container", fresh(s.workdir / "redis-container"), free_port()
+    name = f"bench_redis_{os.getpid()}"
+    engine = docker.from_env(timeout=600)
+    container = engine.containers.run(
+        image,
+        [
+            "/usr/bin/redis-server",
+            "--dir",
+            "/data",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ],
+        name=name,
+        detach=True,
+        ports={"6379/tcp": ("127.0.0.1", port)},
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 30
+        while not _pings(client):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis container {name} did not answer")
+            time.sleep(0.1)
+        gen.generate_redis(url, gen.SIZES[s.size])
+        b.run(
+            g,
+            "BGSAVE + docker cp",
+            (
+                f"redis-cli -p {port} bgsave >/dev/null && until redis-cli -p {port} info "
+                f"persistence | grep -q 'rdb_bgsave_in_progress:0'; do sleep 0.01; done && "
+                f"docker cp {name}:/data/dump.rdb {out}/peer.rdb"
+            ),
+        )
+        wait_saved(client)
+        b.run(
+            g,
+            "ours: redis.snapshot (container, zstd)",
+            ours_cmd("redis-snapshot", url=url, container=name, out=str(out / "ours"), id="bench"),
+            role="ours",
+        )
+    finally:
+        container.remove(force=True, v=True)
+
+
+def _pings(client) -> bool:
+    import redis
+
+    try:
+        return client.ping()
+    except redis.RedisError:
+        return False
+
+
+def bench_uploads(b: Bench, s: Setup, run_label: str, worker: Worker | None) -> None:
+    """One pass over the uploads volume: 'first' runs everything, 'second' the incrementals."""
+    g, out, mp = f"uploads {run_label}", s.workdir / "uploads", s.mountpoint
+    out.mkdir(exist_ok=True, mode=0o700)
+    restic = {
+        **b.env,
+        "RESTIC_PASSWORD": "bench-only-password",
+        "RESTIC_REPOSITORY": str(out / "restic"),
+        "RESTIC_CACHE_DIR": str(out / "restic-cache"),
+    }
+    if run_label == "first":
+        shutil.rmtree(out / "restic", ignore_errors=True)
+        subprocess.run(["restic", "init", "-q"], env=restic, check=True, stdout=subprocess.DEVNULL)
+        b.run(g, "tar czf", f"tar -C {mp} -czf {out}/up.tar.gz .")
+        b.run(g, "tar | zstd -T2", f"tar -C {mp} -cf - . | zstd -q -T2 -o {out}/up.tar.zst -f")
+    b.run(g, "restic backup", f"restic backup -q {mp}", env=restic)
+    b.run(
+        g,
+        "ours: volumes.archive (zstd)",
+        ours_cmd(
+            "volume-archive",
+            volume=s.volume,
+            image=s.image,
+            out=str(fresh(out / "ours")),
+            id=f"bench{run_label}",
+        ),
+        role="ours",
+    )
+    if worker:
+        worker.backup(b, g, "ours: backup --only volumes (worker)", "volumes")
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+class Worker:
+    """A real Celery worker configured for the bench data; backups go through the CLI."""
+
+    def __init__(self, s: Setup, env: dict[str, str]) -> None:
+        self.backup_dir = fresh(s.workdir / "backups")
+        self.env = {k: v for k, v in env.items() if not k.startswith("XIEHE_")}
+        self.env.update(
+            XIEHE_BROKER_URL=s.broker.url,
+            XIEHE_BACKUP_DIR=str(self.backup_dir),
+            XIEHE_MYSQL_HOST=s.mysql.host,
+            XIEHE_MYSQL_PORT=str(s.mysql.port),
+            XIEHE_MYSQL_USER=s.mysql.user,
+            XIEHE_MYSQL_DATABASES=s.db,
+            XIEHE_MYSQL_PARALLEL="2",
+            XIEHE_REDIS_URL=s.redis.url,
+            XIEHE_VOLUMES=s.volume,
+            XIEHE_HELPER_IMAGE=s.image,
+            XIEHE_DISK_RESERVE_MB="64",
+            PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+        )
+        if s.mysql.password:
+            self.env["XIEHE_MYSQL_PASSWORD"] = s.mysql.password
+        self.logfile = s.workdir / "worker.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Worker:
+        with open(self.logfile, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers",
+                    "worker",
+                    "-l",
+                    "info",
+                    "-c",
+                    "2",
+                    "-n",
+                    f"bench{os.getpid()}@%h",
+                    "--without-gossip",
+                    "--without-mingle",
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        while b"ready." not in self.logfile.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start: see {self.logfile}")
+            time.sleep(0.2)
+        return self
+
+    def backup(self, b: Bench, group: str, name: str, only: str = "") -> Row:
+        """A backup through the queue; peak memory is the worker's whole process tree."""
+        argv = [sys.executable, "-m", "producers.cli.main", "backup", "--reason", "bench"]
+        row = b.run(
+            group,
+            name,
+            argv + (["--only", only] if only else []),
+            role="ours",
+            watch=[self.proc.pid],
+            env=self.env,
+        )
+        row.extra["worker_idle_mb"] = tree_rss([self.proc.pid]) / 2**20
+        return row
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class Target:
+    label: str
+    ours: list[tuple[str, str]]
+    peers: list[tuple[str, str]]
+    limit: float
+
+
+TARGETS = (
+    Target(
+        "end to end <= 1.0x sum of fastest peers (mydumper -t 2 + BGSAVE + tar|zstd -T2)",
+        [("end to end", "ours: full backup (worker, verified)")],
+        [
+            ("mysql backup", "mydumper -t 2 -c"),
+            ("redis", "BGSAVE (server-side, until written)"),
+            ("uploads first", "tar | zstd -T2"),
+        ],
+        1.0,
+    ),
+    Target(
+        "end to end <= 0.35x the seed plan (mariadb-dump|gzip + BGSAVE + tar czf)",
+        [("end to end", "ours: full backup (worker, verified)")],
+        [
+            ("mysql backup", "mariadb-dump --single-transaction | gzip"),
+            ("redis", "BGSAVE (server-side, until written)"),
+            ("uploads first", "tar czf"),
+        ],
+        0.35,
+    ),
+    Target(
+        "MySQL restore <= 1.0x myloader -t 2",
+        [("mysql restore", "ours: mysql.restore")],
+        [("mysql restore", "myloader -t 2")],
+        1.0,
+    ),
+    Target(
+        "uploads after 1% new <= 1.0x restic's second run",
+        [("uploads second", "ours: backup --only volumes (worker)")],
+        [("uploads second", "restic backup")],
+        1.0,
+    ),
+    Target(
+        "uploads after 1% new <= 0.10x our own first run",
+        [("uploads second", "ours: backup --only volumes (worker)")],
+        [("uploads first", "ours: backup --only volumes (worker)")],
+        0.10,
+    ),
+    Target(
+        "Redis snapshot (container) <= 1.0x BGSAVE + copy of the file",
+        [("redis container", "ours: redis.snapshot (container, zstd)")],
+        [("redis container", "BGSAVE + docker cp")],
+        1.0,
+    ),
+    Target(
+        "Redis snapshot (live) <= 1.0x redis-cli --rdb",
+        [("redis", "ours: redis.snapshot (live, zstd)")],
+        [("redis", "redis-cli --rdb")],
+        1.0,
+    ),
+)
+
+
+def _sum(b: Bench, keys: list[tuple[str, str]]) -> float | None:
+    rows = [b.get(*k) for k in keys]
+    if any(r is None or r.seconds is None for r in rows):
+        return None
+    return sum(r.seconds for r in rows)
+
+
+def verdicts(b: Bench) -> list[dict]:
+    out = []
+    for t in TARGETS:
+        ours, peers = _sum(b, t.ours), _sum(b, t.peers)
+        ratio = ours / peers if ours is not None and peers else None
+        verdict = "n/a" if ratio is None else ("PASS" if ratio <= t.limit else "FAIL")
+        out.append(
+            {
+                "target": t.label,
+                "ours_s": ours,
+                "peers_s": peers,
+                "ratio": ratio,
+                "limit": t.limit,
+                "verdict": verdict,
+            }
+        )
+    worker_rows = [r for r in b.rows if "(worker" in r.name and r.peak_mb is not None]
+    peak = max((r.peak_mb for r in worker_rows), default=None)
+    out.append(
+        {
+            "target": f"worker peak memory < {MEMORY_LIMIT_MB} MB (whole process tree)",
+            "ours_s": None,
+            "peers_s": None,
+            "ratio": peak,
+            "limit": MEMORY_LIMIT_MB,
+            "verdict": "n/a" if peak is None else ("PASS" if peak < MEMORY_LIMIT_MB else "FAIL"),
+        }
+    )
+    return out
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(b: Bench) -> str:
+    lines = [f"{'group':<15} {'contender':<44} {'time s':>8} {'peak MB':>8} {'ours/this':>9}"]
+    for r in b.rows:
+        ours = next(
+            (
+                o
+                for o in b.rows
+                if o.group == r.group and o.role == "ours" and o.seconds is not None
+            ),
+            None,
+        )
+        ratio = ours.seconds / r.seconds if ours and r.seconds and r is not ours else None
+        lines.append(
+            f"{r.group:<15} {r.name[:44]:<44} {_fmt(r.seconds, '8.2f')} "
+            f"{_fmt(r.peak_mb, '8.0f')} {_fmt(ratio, '9.2f')}" + (f"  {r.note}" if r.note else "")
+        )
+    lines.append("ours/this: time of the group's first 'ours' row divided by this row's")
+    lines.append("")
+    for v in verdicts(b):
+        what = (
+            f"{v['ratio']:.0f} MB"
+            if "memory" in v["target"] and v["ratio"] is not None
+            else f"{_fmt(v['ratio'], '.2f')}x ({_fmt(v['ours_s'], '.1f')}s / "
+            f"{_fmt(v['peers_s'], '.1f')}s)"
+        )
+        lines.append(f"{v['verdict']:<5} {v['target']}: {what}")
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    mem = next(
+        line
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory": mem.split(":", 1)[1].strip()}
+
+
+def sizes(s: Setup) -> dict:
+    conn = s.mysql.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT SUM(data_length + index_length) FROM information_schema.tables"
+                " WHERE table_schema = %s",
+                (s.db,),
+            )
+            mysql_bytes = int(cur.fetchone()[0] or 0)
+    finally:
+        conn.close()
+    du = subprocess.run(["du", "-sb", s.mountpoint], capture_output=True, text=True)
+    import redis
+
+    used = redis.Redis(port=s.redis.port).info("memory")["used_memory"]
+    return {
+        "mysql_bytes": mysql_bytes,
+        "redis_used_memory": used,
+        "uploads_bytes": int(du.stdout.split()[0]) if du.returncode == 0 else None,
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python3 -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--size", choices=sorted(gen.SIZES), default="small")
+    p.add_argument("--workdir", type=Path, default=Path("/var/tmp/xiehe-bench"))
+    p.add_argument("--helper-image", default="xiehe/helper:busybox")
+    p.add_argument("--redis-image", default="xiehe/redis:local")
+    p.add_argument("--mysql-host", default="127.0.0.1")
+    p.add_argument("--mysql-port", type=int, default=3306)
+    p.add_argument("--mysql-user", default="root")
+    p.add_argument("--keep", action="store_true", help="keep the data set and work files")
+    return p.parse_args(argv)
+
+
+def setup(args: argparse.Namespace) -> Setup:
+    import docker
+
+    from tests.support.servers import RedisServer
+
+    workdir = fresh(args.workdir)
+    s = Setup(
+        args.size,
+        workdir,
+        f"bench_{args.size}",
+        f"bench_{args.size}_uploads",
+        args.helper_image,
+        gen.MySQLTarget(
+            args.mysql_host,
+            args.mysql_port,
+            args.mysql_user,
+            os.environ.get("XIEHE_MYSQL_PASSWORD", ""),
+        ),
+    )
+    s.redis = RedisServer(workdir / "redis-data")
+    s.broker = RedisServer(workdir / "broker")
+    print(f"generating the {args.size} data set ...", flush=True)
+    gen.main(
+        [
+            "--mysql-db",
+            s.db,
+            "--redis-url",
+            s.redis.url,
+            "--volumes",
+            s.volume,
+            "--size",
+            args.size,
+            "--mysql-host",
+            s.mysql.host,
+            "--mysql-port",
+            str(s.mysql.port),
+            "--mysql-user",
+            s.mysql.user,
+            "--helper-image",
+            s.image,
+        ]
+    )
+    s.mountpoint = docker.from_env().volumes.get(s.volume).attrs["Mountpoint"]
+    return s
+
+
+def teardown(s: Setup, keep: bool) -> None:
+    for server in (s.redis, s.broker):
+        if server:
+            server.stop()
+    if keep:
+        return
+    drop_db(s.mysql, s.db)
+    import docker
+
+    docker.from_env().volumes.get(s.volume).remove(force=True)
+    shutil.rmtree(s.workdir, ignore_errors=True)
+
+
+def benchmark(args: argparse.Namespace) -> dict:
+    s = setup(args)
+    b = Bench(s.workdir, dict(os.environ))
+    worker = None
+    try:
+        data = sizes(s)
+        cnf = defaults_file(s.workdir, s.mysql)
+        bench_restore(b, s, cnf, bench_mysql(b, s, cnf))
+        bench_redis(b, s)
+        bench_redis_container(b, s, args.redis_image)
+        worker = Worker(s, b.env).start()
+        bench_uploads(b, s, "first", worker)
+        worker.backup(b, "end to end", "ours: full backup (worker, verified)")
+        gen.main(["--volumes", s.volume, "--add-uploads-percent", "1", "--helper-image", s.image])
+        bench_uploads(b, s, "second", worker)
+    finally:
+        if worker:
+            worker.stop()
+        teardown(s, args.keep)
+    return {
+        "size": args.size,
+        "machine": machine(),
+        "data": data,
+        "rows": [asdict(r) for r in b.rows],
+        "targets": verdicts(b),
+        "table": table(b),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_ours"]:
+        return _ours(argv[1], json.loads(argv[2]))
+    args = parse(argv)
+    report = benchmark(args)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{datetime.now():%Y%m%dT%H%M%S}-{args.size}.json"
+    path.write_text(json.dumps(report, indent=2, default=str))
+    print(f"\nxiehe-backup benchmark, size {args.size}, {report['machine']}")
+    print(f"data: {report['data']}\n")
+    print(report["table"])
+    print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
