@@ -342,3 +342,35 @@ def test_container_snapshot_flush_restore(redis_container, docker_client, tmp_pa
     actual = snapshot_keys(url)
     assert actual[3].pop(b"after-restore")[:2] == ("string", b"1")
     assert_same(expected, actual)
+
+
+def test_container_restore_when_redis_is_down(redis_container, docker_client, tmp_path):
+    """The disaster case: Redis is not running, so the layout comes from the container."""
+    container, url = redis_container("--appendonly", "yes", "--appendfilename", "medical.aof")
+    settings = RedisSettings(url=url, container=container.name)
+    fill(url)
+    expected = snapshot_keys(url)
+    result = take_snapshot(settings, tmp_path, docker=docker_client)
+    target._client(url).flushall()
+    container.stop(timeout=30)
+
+    artifact = tmp_path / result["artifacts"][0]["file"]
+    target.restore(settings, docker_client, artifact, None, lambda _n: None)
+    assert_same(expected, snapshot_keys(url))
+    aof = target._client(url).config_get("appendfilename")["appendfilename"]
+    assert aof == "medical.aof"
+
+
+def test_bgsave_joins_a_save_already_running(servers):
+    """A BGSAVE already in progress is waited for; the RDB on disk is then complete."""
+    server = servers(config="rdb-key-save-delay 200\n")  # ~1 s save for 5000 keys
+    client = server.client()
+    client.mset({f"k{i}": i for i in range(5000)})
+    before = int(client.lastsave().timestamp())
+    client.bgsave()
+    assert client.info("persistence")["rdb_bgsave_in_progress"] == 1
+    target._bgsave(client)
+    info = client.info("persistence")
+    assert info["rdb_bgsave_in_progress"] == 0 and info["rdb_last_bgsave_status"] == "ok"
+    assert int(client.lastsave().timestamp()) > before
+    assert verify_rdb([(server.dir / "dump.rdb").read_bytes()])["bytes"] > 5000

@@ -375,17 +375,47 @@ class _Layout:
     appenddirname: str | None  # None before Redis 7 (single-file AOF)
 
 
+LAYOUT = ("dir", "dbfilename", "appendonly", "appendfilename", "appenddirname")
+
+
 def _layout(settings: RedisSettings, container) -> _Layout:
+    """Asked from the running Redis; when it is down (a crash is what restores are for),
+    read from the container's command line, with Redis 7's defaults for what it omits."""
     client = _client(settings.url)
-    with _errors(settings.url, "cannot read the data layout"):
-        aof = _config(client, "appendonly") == "yes"
-        return _Layout(
-            dir=PurePosixPath(_config(client, "dir")),
-            dbfilename=_config(client, "dbfilename"),
-            aof=aof,
-            appendfilename=_config(client, "appendfilename") or "appendonly.aof",
-            appenddirname=_config(client, "appenddirname") or None,
-        )
+    try:
+        with _errors(settings.url, "cannot read the data layout"):
+            values = {name: _config(client, name) for name in LAYOUT}
+    except TargetError:
+        if _reachable(client):
+            raise  # up but refusing CONFIG: guessing could put the RDB in the wrong place
+        values = _command_line_config(container)
+    return _Layout(
+        dir=PurePosixPath(values.get("dir") or "/data"),
+        dbfilename=values.get("dbfilename") or "dump.rdb",
+        aof=values.get("appendonly") == "yes",
+        appendfilename=values.get("appendfilename") or "appendonly.aof",
+        appenddirname=values.get("appenddirname") or None,
+    )
+
+
+def _reachable(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ResponseError:  # e.g. LOADING, NOAUTH: something answers
+        return True
+    except (redis.RedisError, OSError):
+        return False
+
+
+def _command_line_config(container) -> dict[str, str]:
+    """`--name value` pairs of the container's command (a config file is not read)."""
+    config = container.attrs.get("Config") or {}
+    args = list(config.get("Cmd") or [])
+    values = {"dir": config.get("WorkingDir") or "/data", "appenddirname": "appendonlydir"}
+    for name, value in zip(args, args[1:], strict=False):
+        if name.startswith("--") and name[2:] in LAYOUT:
+            values[name[2:]] = value
+    return values
 
 
 def _restore_container(
