@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import redis
+import urllib3
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 
 from workers.config import RedisSettings
@@ -332,13 +333,16 @@ def _tar_reader(container, path: PurePosixPath) -> tarfile.TarFile:
 
 def _copy_out(container, path: PurePosixPath, emit: Emit) -> None:
     """Stream the single file member of get_archive(path) into emit."""
-    with _tar_reader(container, path) as tar:
-        member = tar.next()
-        if member is None or not member.isfile():
-            raise TargetError("redis", f"{path} in the container is not a regular file")
-        src = tar.extractfile(member)
-        while chunk := src.read(CHUNK):
-            emit(chunk)
+    try:
+        with _tar_reader(container, path) as tar:
+            member = tar.next()
+            if member is None or not member.isfile():
+                raise TargetError("redis", f"{path} in the container is not a regular file")
+            src = tar.extractfile(member)
+            while chunk := src.read(CHUNK):
+                emit(chunk)
+    except (tarfile.TarError, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise TargetError("redis", f"copying {path} out of the container failed: {exc}") from None
 
 
 # --- restore -----------------------------------------------------------------------------
