@@ -1,0 +1,71 @@
+"""backup_before_migration from a real process, against a real worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import base_env
+from tests.support.servers import free_port
+
+GATE = """
+import json, sys
+from producers.client import backup_before_migration, MigrationGateError
+try:
+    print(json.dumps({"id": backup_before_migration(sys.argv[1], timeout=float(sys.argv[2]))}))
+except MigrationGateError as exc:
+    print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+"""
+
+
+def gate(env: dict[str, str], name: str, timeout: float = 120) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", GATE, name, str(timeout)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 60,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def env(tmp_path, redis_server):
+    broker, target = redis_server(), redis_server()
+    target.client().set("image:1", "x" * 4096)
+    env = base_env(broker.url, tmp_path / "backups")
+    env["XIEHE_REDIS_URL"] = target.url
+    return env
+
+
+def test_returns_the_verified_backup_id(env, worker_factory, tmp_path):
+    worker_factory(env)
+    result = gate(env, "0042_add_index")
+    manifest = json.loads((tmp_path / "backups" / f"manifest_{result['id']}.json").read_text())
+    assert manifest["status"] == "verified"
+    assert manifest["reason"] == "pre-migration 0042_add_index"
+
+
+def test_raises_when_mysql_is_unreachable(env, worker_factory):
+    env = {
+        **env,
+        "XIEHE_MYSQL_HOST": "127.0.0.1",
+        "XIEHE_MYSQL_PORT": str(free_port()),
+        "XIEHE_MYSQL_USER": "root",
+    }
+    worker_factory(env)
+    result = gate(env, "0043_split")
+    assert result["error"] == "BackupFailed"
+    assert "preflight" in result["message"] and "mysql" in result["message"].lower()
+
+
+def test_raises_on_timeout_and_without_a_worker(env, worker_factory):
+    result = gate(env, "0044_nobody")
+    assert result["error"] == "BackupFailed" and "no xiehe-backup worker" in result["message"]
+    worker_factory(env)
+    result = gate(env, "0045_slow", timeout=0.5)
+    assert result["error"] == "BackupTimeout" and "did not finish within" in result["message"]
