@@ -7,9 +7,7 @@ complete SQL dump, a real RDB saved by a private redis-server, a tar), real mani
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -17,37 +15,20 @@ import pytest
 
 from producers.cli.main import main
 from tests.conftest import base_env
+from tests.support.fake_backups import make_backup, sql_dump, write_artifact
+from tests.support.servers import RedisServer
 from workers import config
 from workers.ops import inuse, retention
-from workers.steps.staging import with_paths
 from workers.store import manifest as manifests
-from workers.store.codec import ArtifactWriter, Codec
+from workers.store.codec import Codec
 from workers.store.layout import Tree
 
 TZ = timezone(timedelta(hours=8))
-ZSTD = Codec("zstd")
-
-
-def sql_dump(rows: int) -> bytes:
-    body = b"".join(b"INSERT INTO t VALUES (%d,'patient %d');\n" % (i, i) for i in range(rows))
-    return b"CREATE TABLE t (id INT PRIMARY KEY, name TEXT);\n" + body + b"-- Dump completed\n"
-
-
-def tar_bytes(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
 def rdb(tmp_path_factory) -> bytes:
     """A real RDB: a private redis-server with a few keys, SAVEd."""
-    from tests.support.servers import RedisServer
-
     server = RedisServer(tmp_path_factory.mktemp("rdb"))
     try:
         client = server.client()
@@ -56,53 +37,6 @@ def rdb(tmp_path_factory) -> bytes:
         return (server.dir / "dump.rdb").read_bytes()
     finally:
         server.stop()
-
-
-def write_artifact(tree: Tree, kind: str, name: str, data: bytes, codec: Codec) -> dict:
-    with ArtifactWriter(tree.final_dir(kind) / name, codec) as writer:
-        writer.write(data)
-        record = writer.commit()
-    return {**record, "kind": kind, "source": name}
-
-
-def make_backup(
-    tree: Tree,
-    at: datetime,
-    rdb: bytes,
-    status: str = "verified",
-    reason: str = "scheduled",
-    codec: Codec = ZSTD,
-) -> str:
-    backup_id = at.strftime("%Y%m%d_%H%M%S")
-    artifacts = with_paths(
-        [
-            write_artifact(tree, "mysql", f"medical_system_{backup_id}.sql", sql_dump(500), codec),
-            write_artifact(tree, "redis", f"dump_{backup_id}.rdb", rdb, codec),
-            write_artifact(
-                tree,
-                "volume",
-                f"orthanc_{backup_id}.tar",
-                tar_bytes({"a.dcm": b"x" * 5000, "b.dcm": b"y" * 10}),
-                codec,
-            ),
-        ]
-    )
-    manifest = {
-        "format": 1,
-        "id": backup_id,
-        "status": status,
-        "created_at": at.isoformat(),
-        "finished_at": at.isoformat(),
-        "reason": reason,
-        "kinds": ["mysql", "redis", "volumes"],
-        "artifacts": artifacts,
-        "size_bytes": sum(a["size_bytes"] for a in artifacts),
-        "host": "test",
-        "tool": {"name": "xiehe-backup", "version": "test"},
-    }
-    (tree.backup_info(backup_id)).write_text(manifests.info_text(manifest))
-    manifests.write(tree, manifest)
-    return backup_id
 
 
 @pytest.fixture
