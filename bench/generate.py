@@ -305,7 +305,15 @@ def generate_mysql(target: MySQLTarget, db: str, plan: Plan, seed: int = SEED) -
     }
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = {t: pool.submit(load_table, target, db, t, make()) for t, make in jobs.items()}
-        return {table: f.result() for table, f in futures.items()}
+        counts = {table: f.result() for table, f in futures.items()}
+    conn = target.connect(db)
+    try:
+        with conn.cursor() as cur:  # fresh statistics: sizes in information_schema are honest
+            cur.execute(f"ANALYZE TABLE {', '.join(f'`{t}`' for t in jobs)}")
+            cur.fetchall()
+    finally:
+        conn.close()
+    return counts
 
 
 # --------------------------------------------------------------------------- Redis
