@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,26 @@ def test_raises_on_timeout_and_without_a_worker(env, worker_factory):
     worker_factory(env)
     result = gate(env, "0045_slow", timeout=0.5)
     assert result["error"] == "BackupTimeout" and "did not finish within" in result["message"]
+
+
+def test_seed_scripts_wrap_the_cli(env, worker_factory, tmp_path):
+    worker_factory(env)
+    scripts = Path(__file__).resolve().parents[1] / "ops" / "scripts"
+    out = subprocess.run(
+        ["bash", str(scripts / "backup_database.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    backup_id = out.stdout.strip()
+    manifest = json.loads((tmp_path / "backups" / f"manifest_{backup_id}.json").read_text())
+    assert manifest["status"] == "verified" and manifest["reason"] == "cron"
+    bad = subprocess.run(
+        ["bash", str(scripts / "restore_database.sh"), "yesterday"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "usage" in bad.stderr
