@@ -21,9 +21,10 @@ def selected_artifacts(manifest: dict, only: list[str]) -> list[dict]:
     """The manifest's artifacts a restore replaces; an --only naming nothing is an error."""
     chosen = []
     for artifact in manifest["artifacts"]:
-        kind, source = artifact["kind"], artifact["source"]
+        kind = artifact["kind"]
         if kind == "mysql-index":
             continue
+        source = artifact["source"]
         wanted = not only or any(
             item == {"mysql": "mysql", "redis": "redis", "volume": "volumes"}[kind]
             or item == f"{'db' if kind == 'mysql' else kind}:{source}"

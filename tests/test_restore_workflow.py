@@ -1,0 +1,221 @@
+"""Restore end to end: back up, destroy, restore through the queue, compare everything."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+
+from tests.support.cli import cli, last_line
+from tests.support.stack import assert_same
+from workers.store import locks
+from workers.store.codec import ArtifactWriter, Codec, sha256_file
+
+BACKEND = "sleep 3600"
+
+
+@pytest.fixture
+def backend(docker_client, helper_image):
+    """An application service the restore must stop and start again."""
+    container = docker_client.containers.run(
+        helper_image, BACKEND, detach=True, name=f"xiehe_backend_{id(object()):x}"
+    )
+    yield container
+    container.remove(force=True)
+
+
+def _started_at(container) -> str:
+    container.reload()
+    return container.attrs["State"]["StartedAt"]
+
+
+def _backup(env) -> str:
+    proc = cli(env, "backup")
+    assert proc.returncode == 0, proc.stderr
+    return last_line(proc)
+
+
+def _manifest(env, backup_id) -> dict:
+    return json.loads(cli(env, "show", backup_id, "--json").stdout)
+
+
+def test_disaster_recovery_round_trip(stack, backend, worker_factory, mysql_conn, docker_client):
+    st, env = stack
+    env = {**env, "XIEHE_STOP_CONTAINERS": backend.name}
+    worker_factory(env)
+    before = st.snapshot()
+    backup_id = _backup(env)
+    # The disaster: database dropped, Redis flushed, the volume removed (compose down -v).
+    with mysql_conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE `{st.db}`")
+    import redis as redis_py
+
+    redis_py.Redis.from_url(st.redis_url).flushall()
+    docker_client.volumes.get(st.volume_names[0]).remove(force=True)
+    started = _started_at(backend)
+
+    proc = cli(env, "restore", backup_id, "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert_same(before, st.snapshot())
+    assert _started_at(backend) != started  # stopped and started again
+    backend.reload()
+    assert backend.status == "running"
+    listed = json.loads(cli(env, "list", "--json").stdout)
+    safety = [b for b in listed if b["reason"] == f"pre-restore {backup_id}"]
+    assert len(safety) == 1 and safety[0]["status"] == "verified"
+    missing = _manifest(env, safety[0]["id"])["missing_volumes"]
+    assert missing == st.volume_names
+    run = json.loads((env_dir(env) / ".runs" / f"{last_line(proc)}.json").read_text())
+    assert run["steps"]["report"]["result"]["rto_seconds"] > 0
+    order = [
+        "preflight",
+        "stop_services",
+        "safety_backup",
+        "restore_mysql",
+        "restore_redis",
+        "restore_volumes",
+        "start_services",
+        "verify",
+        "report",
+    ]
+    assert run["plan"] == order
+    started = [run["steps"][name]["started_at"] for name in order]
+    assert started == sorted(started)
+    assert all(run["steps"][name]["status"] == "succeeded" for name in order)
+
+
+def env_dir(env):
+    from pathlib import Path
+
+    return Path(env["XIEHE_BACKUP_DIR"])
+
+
+def test_partial_restore_leaves_the_rest_untouched(stack, worker_factory, mysql_conn):
+    st, env = stack
+    worker_factory(env)
+    backup_id = _backup(env)
+    import redis as redis_py
+
+    r = redis_py.Redis.from_url(st.redis_url)
+    r.set("written-after-backup", "keep me")
+    with mysql_conn.cursor() as cur:
+        cur.execute(f"DELETE FROM `{st.db}`.studies")
+    volume_before = st.snapshot()[f"volume:{st.volume_names[0]}"]
+    proc = cli(env, "restore", backup_id, "--yes", "--only", f"db:{st.db}")
+    assert proc.returncode == 0, proc.stderr
+    assert r.get("written-after-backup") == b"keep me"
+    after = st.snapshot()
+    assert after["tables"]["studies"]["rows"] == 300
+    assert after[f"volume:{st.volume_names[0]}"] == volume_before
+    # Redis alone: the key written after the backup is gone, the database untouched.
+    with mysql_conn.cursor() as cur:
+        cur.execute(f"DELETE FROM `{st.db}`.audit")
+    proc = cli(env, "restore", backup_id, "--yes", "--only", "redis")
+    assert proc.returncode == 0, proc.stderr
+    assert r.get("written-after-backup") is None
+    assert st.snapshot()["tables"]["audit"]["rows"] == 0
+
+
+def test_corrupt_backup_is_refused_before_anything_stops(stack, backend, worker_factory):
+    st, env = stack
+    env = {**env, "XIEHE_STOP_CONTAINERS": backend.name}
+    worker_factory(env)
+    backup_id = _backup(env)
+    manifest = _manifest(env, backup_id)
+    dump = env_dir(env) / next(a["path"] for a in manifest["artifacts"] if a["kind"] == "mysql")
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    dump.write_bytes(bytes(data))
+    before, started = st.snapshot(), _started_at(backend)
+    proc = cli(env, "restore", backup_id, "--yes")
+    assert proc.returncode == 1
+    assert "sha256" in proc.stderr and "preflight" in proc.stderr
+    assert "nothing was replaced" in proc.stderr
+    assert _started_at(backend) == started
+    assert_same(before, st.snapshot())
+
+
+def test_failure_midway_restarts_services_and_keeps_safety_backup(
+    stack, backend, worker_factory, mysql_conn
+):
+    st, env = stack
+    env = {**env, "XIEHE_STOP_CONTAINERS": backend.name}
+    worker = worker_factory(env)
+    backup_id = _backup(env)
+    worker.stop()
+    # A backup-only account: it can take the safety backup but not drop or load a database.
+    with mysql_conn.cursor() as cur:
+        cur.execute("CREATE USER IF NOT EXISTS 'xiehe_ro'@'%' IDENTIFIED BY 'ro-pw-x1'")
+        cur.execute(f"GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON `{st.db}`.* TO 'xiehe_ro'@'%'")
+        cur.execute("GRANT SELECT ON mysql.proc TO 'xiehe_ro'@'%'")
+    try:
+        ro = {**env, "XIEHE_MYSQL_USER": "xiehe_ro", "XIEHE_MYSQL_PASSWORD": "ro-pw-x1"}
+        worker_factory(ro)
+        proc = cli(ro, "restore", backup_id, "--yes", "--only", "mysql")
+    finally:
+        with mysql_conn.cursor() as cur:
+            cur.execute("DROP USER 'xiehe_ro'@'%'")
+    assert proc.returncode == 1
+    assert "restore_mysql" in proc.stderr
+    assert "xiehe-backup restore" in proc.stderr and "--yes" in proc.stderr
+    backend.reload()
+    assert backend.status == "running"
+    listed = json.loads(cli(env, "list", "--json").stdout)
+    assert any(b["reason"] == f"pre-restore {backup_id}" for b in listed)
+    assert "ro-pw-x1" not in json.dumps(listed)
+
+
+def test_bad_requests_are_refused_clearly(stack, worker_factory, broker):
+    st, env = stack
+    worker_factory({**env, "XIEHE_LOCK_WAIT": "0"})
+    backup_id = _backup(env)
+    unknown = cli(env, "restore", "20000101_000000", "--yes")
+    assert unknown.returncode == 1 and "nearest" in unknown.stderr and backup_id in unknown.stderr
+    no_tty = cli(env, "restore", backup_id, stdin="")
+    assert no_tty.returncode == 1 and "--yes" in no_tty.stderr
+    bad_only = cli(env, "restore", backup_id, "--yes", "--only", "db:nope")
+    assert bad_only.returncode == 1 and st.db in bad_only.stderr
+    # A backup of the same target is running (its lock is held): the restore is refused.
+    held = locks.acquire(broker.client(), ["mysql:127.0.0.1:3306"], "20991231_000000", 60, 0)
+    try:
+        busy = cli(env, "restore", backup_id, "--yes", "--only", "mysql")
+    finally:
+        locks.release(broker.client(), held)
+    assert busy.returncode == 1 and "locked by run 20991231_000000" in busy.stderr
+
+
+def test_archive_with_traversal_is_refused(stack, worker_factory, tmp_path):
+    st, env = stack
+    worker_factory(env)
+    backup_id = _backup(env)
+    root = env_dir(env)
+    manifest_path = root / f"manifest_{backup_id}.json"
+    manifest = json.loads(manifest_path.read_text())
+    artifact = next(a for a in manifest["artifacts"] if a["kind"] == "volume")
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w") as tar:
+        for name, kind, link in (
+            ("../escape", tarfile.REGTYPE, ""),
+            ("abs", tarfile.SYMTYPE, "/etc/passwd"),
+        ):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, link
+            tar.addfile(info, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
+    path = root / artifact["path"]
+    writer = ArtifactWriter(tmp_path / "evil.tar", Codec())
+    writer.write(evil.getvalue())
+    record = writer.commit()
+    (tmp_path / "evil.tar.zst").replace(path)
+    artifact.update(
+        size_bytes=record["size_bytes"],
+        sha256=sha256_file(path),
+        plain_sha256=record["plain_sha256"],
+    )
+    manifest_path.write_text(json.dumps(manifest))
+    before = st.snapshot()
+    proc = cli(env, "restore", backup_id, "--yes")
+    assert proc.returncode == 1
+    assert "escape" in proc.stderr or ".." in proc.stderr
+    assert_same(before, st.snapshot())
