@@ -39,8 +39,9 @@ class Progress:
             self.task.update_state(state="PROGRESS", meta={"run": self.run_id, **fields})
 
     def begin(self, index: int, total: int) -> None:
-        self.publish(status="running", step=self.step, step_index=index, steps_total=total,
-                     bytes=0, rate=0)
+        self.publish(
+            status="running", step=self.step, step_index=index, steps_total=total, bytes=0, rate=0
+        )
 
     def add(self, n: int) -> None:
         self.bytes += n

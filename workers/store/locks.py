@@ -18,8 +18,12 @@ import redis
 from workers.errors import LockBusy
 
 PREFIX = "xiehe:lock:"
-_EXTEND = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_EXTEND = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0"""
 
 
 def lock_key(target: str) -> str:
@@ -56,7 +60,9 @@ def acquire(client: redis.Redis, targets: Iterable[str], owner: str, ttl: int, w
 def extend(client: redis.Redis, locks: dict, ttl: int) -> list[str]:
     """Extend every lock still ours; return the targets whose lock was lost."""
     script = client.register_script(_EXTEND)
-    return [t for t, token in locks.items() if not script(keys=[lock_key(t)], args=[token, ttl * 1000])]
+    return [
+        t for t, token in locks.items() if not script(keys=[lock_key(t)], args=[token, ttl * 1000])
+    ]
 
 
 def release(client: redis.Redis, locks: dict) -> None:
