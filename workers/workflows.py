@@ -21,6 +21,7 @@ from workers.steps.preflight_backup import preflight_backup
 from workers.steps.preflight_restore import preflight_restore
 from workers.steps.publish_backup import publish_backup
 from workers.steps.recover_restore import recover_restore
+from workers.steps.replay_binlog import replay_binlog
 from workers.steps.report_restore import report_restore
 from workers.steps.restore_targets import restore_mysql, restore_redis, restore_volumes
 from workers.steps.safety_backup import safety_backup
@@ -45,6 +46,7 @@ RESTORE_STEPS = (
     ("stop_services", stop_services, None),
     ("safety_backup", safety_backup, None),
     ("restore_mysql", restore_mysql, "mysql"),
+    ("replay_binlog", replay_binlog, "pitr"),  # only in a point-in-time restore
     ("restore_redis", restore_redis, "redis"),
     ("restore_volumes", restore_volumes, "volumes"),
     ("start_services", start_services, None),
@@ -84,7 +86,10 @@ def new_backup_run(backup_id: str, kinds: list[str], skipped: dict, reason: str)
     }
 
 
-def new_restore_run(run_id: str, backup_id: str, kinds: list[str], only: list[str]) -> dict:
+def new_restore_run(
+    run_id: str, backup_id: str, kinds: list[str], only: list[str], pitr: dict | None = None
+) -> dict:
+    """`pitr`: a point-in-time plan (workers/pitr.py), which adds the replay_binlog step."""
     return {
         "id": run_id,
         "type": "restore",
@@ -92,7 +97,8 @@ def new_restore_run(run_id: str, backup_id: str, kinds: list[str], only: list[st
         "kinds": kinds,
         "only": only,
         "created_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "plan": plan(RESTORE_STEPS, kinds),
+        "plan": plan(RESTORE_STEPS, [*kinds, "pitr"] if pitr else kinds),
+        "pitr": pitr,
         "steps": {},
         "status": "queued",
     }

@@ -1,4 +1,8 @@
-"""`xiehe-backup restore ID --yes [--only mysql|redis|volumes|db:NAME|volume:NAME] [--detach]`."""
+"""`xiehe-backup restore ID --yes [--only mysql|redis|volumes|db:NAME|volume:NAME] [--detach]`.
+
+Point in time: `restore --to "YYYY-MM-DD HH:MM:SS" [--dry-run]` (or --to-position FILE:POS,
+--to-gtid D-S-N) picks the backup itself (workers/pitr.py) and replays the archived binlog.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import argparse
 import sys
 
 from producers.cli import common
-from workers import workflows
+from workers import pitr, workflows
 from workers.errors import BackupError
 from workers.steps.restore_scope import kinds_of, parse_only, selected_artifacts
 from workers.store import manifest as manifests
@@ -16,7 +20,11 @@ def register(sub) -> None:
     p = sub.add_parser(
         "restore", help="restore a backup (stops services, saves current data first)"
     )
-    p.add_argument("id", help="the backup id (YYYYMMDD_HHMMSS), see `xiehe-backup list`")
+    p.add_argument("id", nargs="?", help="the backup id (YYYYMMDD_HHMMSS), see `xiehe-backup list`")
+    p.add_argument("--to", help="point in time 'YYYY-MM-DD HH:MM:SS' (server time; or +08:00)")
+    p.add_argument("--to-position", help="point in time as a binlog position FILE:POS")
+    p.add_argument("--to-gtid", help="point in time as a GTID D-S-N (that transaction included)")
+    p.add_argument("--dry-run", action="store_true", help="print the point-in-time plan only")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--only", default="", help="mysql, redis, volumes, db:NAME or volume:NAME")
     p.add_argument("--detach", action="store_true", help="print the run id and return at once")
@@ -42,6 +50,17 @@ def confirm(manifest: dict, artifacts: list[dict], stop: tuple[str, ...]) -> boo
 def run(args: argparse.Namespace) -> int:
     settings = common.settings()
     only = parse_only(args.only)
+    plan = None
+    if args.to or args.to_position or args.to_gtid:
+        plan = pitr.plan(
+            settings, common.tree(), only, args.to, args.to_position, args.to_gtid, args.id
+        )
+        print(pitr.describe(plan), file=sys.stdout if args.dry_run else sys.stderr)
+        if args.dry_run:
+            return 0
+        args.id, only = plan["backup_id"], plan["only"]
+    elif not args.id:
+        raise BackupError("give a backup id, or --to/--to-position/--to-gtid")
     manifest = manifests.read(common.tree(), args.id)
     artifacts = selected_artifacts(manifest, only)
     if not args.yes and not confirm(manifest, artifacts, settings.stop_containers):
@@ -50,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     client = common.broker(settings)
     common.require_worker()
     run_id = workflows.reserve_id(client, prefix="restore-")
-    restore_run = workflows.new_restore_run(run_id, args.id, kinds_of(artifacts), only)
+    restore_run = workflows.new_restore_run(run_id, args.id, kinds_of(artifacts), only, plan)
     workflows.signature(restore_run).apply_async()
     if args.detach:
         print(run_id)
