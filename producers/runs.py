@@ -57,7 +57,7 @@ def enqueue(
         common.require_worker()
     backup_id = backup_id or workflows.reserve_id(client)
     run = workflows.new_backup_run(backup_id, kinds, skipped, reason)
-    workflows.signature(run).apply_async()
+    workflows.signature(run, settings).apply_async()
     return backup_id
 
 

@@ -93,8 +93,9 @@ def scratch_db(mysql_conn):
 def worker_factory(tmp_path):
     workers: list[Worker] = []
 
-    def make(env: dict[str, str], concurrency: int = 2) -> Worker:
-        worker = Worker(env, tmp_path / f"worker{len(workers)}.log", concurrency).start()
+    def make(env: dict[str, str], concurrency: int = 2, queues: str = "") -> Worker:
+        log = tmp_path / f"worker{len(workers)}.log"
+        worker = Worker(env, log, concurrency, queues).start()
         workers.append(worker)
         return worker
 
@@ -132,8 +133,12 @@ def stack(mysql_conn, scratch_db, redis_server, docker_client, helper_image, bro
     settings = MySQLSettings("127.0.0.1", 3306, "root", "", (db,), "medical_system", 2)
     env = base_env(broker.url, tmp_path / "backups")
     env.update(
-        XIEHE_MYSQL_HOST="127.0.0.1", XIEHE_MYSQL_PORT="3306", XIEHE_MYSQL_USER="root",
-        XIEHE_MYSQL_DATABASES=db, XIEHE_REDIS_URL=data_redis.url, XIEHE_VOLUMES=volume,
+        XIEHE_MYSQL_HOST="127.0.0.1",
+        XIEHE_MYSQL_PORT="3306",
+        XIEHE_MYSQL_USER="root",
+        XIEHE_MYSQL_DATABASES=db,
+        XIEHE_REDIS_URL=data_redis.url,
+        XIEHE_VOLUMES=volume,
     )
     yield Stack(settings, db, data_redis.url, [volume], docker_client, helper_image), env
     for name in [volume]:

@@ -18,7 +18,7 @@ app = Celery(
     include=["workers.tasks", "workers.schedule"],
 )
 app.conf.update(
-    task_default_queue="xiehe-backup",
+    task_default_queue=os.environ.get("XIEHE_QUEUE", "xiehe-backup"),
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],

@@ -58,6 +58,8 @@ class Settings:
     age_recipients: tuple[str, ...] = field(repr=False)
     age_identity_file: Path | None
     docker_url: str | None
+    queue: str  # the shared queue: database steps, verification, publishing
+    docker_queue: str  # the queue of the worker on the Docker host that holds the volumes
 
     def kinds(self) -> tuple[str, ...]:
         """The kinds of target configured, in backup order."""
@@ -175,4 +177,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         age_recipients=recipient_list,
         age_identity_file=Path(identity) if identity else None,
         docker_url=env.get("XIEHE_DOCKER_URL", "").strip() or None,
+        queue=env.get("XIEHE_QUEUE", "").strip() or "xiehe-backup",
+        docker_queue=env.get("XIEHE_DOCKER_QUEUE", "").strip()
+        or env.get("XIEHE_QUEUE", "").strip()
+        or "xiehe-backup",
     )

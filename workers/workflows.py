@@ -13,6 +13,9 @@ from datetime import datetime
 import redis
 from celery import chain
 
+from workers.config import Settings
+from workers.ops.alerts import notify_result
+from workers.ops.retention import prune_after_backup
 from workers.steps import runner
 from workers.steps.abandon_backup import abandon_backup
 from workers.steps.archive_volumes import archive_volumes
@@ -39,6 +42,8 @@ BACKUP_STEPS = (
     ("archive_volumes", archive_volumes, "volumes"),
     ("verify", verify_staged, None),
     ("publish", publish_backup, None),
+    ("prune", prune_after_backup, None),  # retention after each backup; never fails it
+    ("notify", notify_result, None),
 )
 # The seed plan's order: stop services, save what is there, restore, restart, verify.
 RESTORE_STEPS = (
@@ -52,6 +57,7 @@ RESTORE_STEPS = (
     ("start_services", start_services, None),
     ("verify", verify_restore, None),
     ("report", report_restore, None),
+    ("notify", notify_result, None),
 )
 WORKFLOWS = {
     "backup": (BACKUP_STEPS, abandon_backup),
@@ -113,12 +119,42 @@ def run_inline(run: dict) -> dict:
     return run
 
 
-def signature(run: dict):
-    """The Celery chain of a run: each step a task, the run passed from one to the next."""
+# Steps that talk to the Docker engine run on the worker of the Docker host that holds the
+# volumes (its own queue); database steps, verification and publishing on the shared queue.
+DOCKER_STEPS = frozenset({"archive_volumes", "restore_volumes", "stop_services", "start_services"})
+DOCKER_WHEN_USED = frozenset(
+    {
+        ("backup", "preflight"),
+        ("restore", "preflight"),
+        ("restore", "safety_backup"),
+        ("restore", "verify"),
+    }
+)
+REDIS_STEPS = frozenset({"snapshot_redis", "restore_redis"})
+
+
+def queue_for(step: str, run: dict, settings: Settings) -> str:
+    container_redis = bool(settings.redis and settings.redis.container)
+    uses_docker = (
+        "volumes" in run["kinds"]
+        or container_redis
+        or (run["type"] == "restore" and bool(settings.stop_containers))
+    )
+    docker = (
+        step in DOCKER_STEPS
+        or ((run["type"], step) in DOCKER_WHEN_USED and uses_docker)
+        or (step in REDIS_STEPS and container_redis)
+    )
+    return settings.docker_queue if docker else settings.queue
+
+
+def signature(run: dict, settings: Settings):
+    """The Celery chain of a run: each step a task on its queue, the run passed along."""
     from workers import tasks
 
-    first, *rest = run["plan"]
-    return chain(
-        tasks.task_for(run["type"], first).s(run),
-        *(tasks.task_for(run["type"], name).s() for name in rest),
-    )
+    steps = [
+        tasks.task_for(run["type"], name).s().set(queue=queue_for(name, run, settings))
+        for name in run["plan"]
+    ]
+    steps[0].args = (run,)
+    return chain(*steps)

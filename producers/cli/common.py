@@ -36,7 +36,7 @@ def broker(s: Settings) -> redis.Redis:
 
 
 def require_worker(timeout: float = 3.0) -> None:
-    if not app.control.ping(timeout=timeout):
+    if not app.control.ping(timeout=timeout, limit=1):  # the first reply is enough
         raise BackupError(
             "no xiehe-backup worker is running: start one with `celery -A workers worker` "
             "(nothing was enqueued)"
@@ -72,7 +72,7 @@ def follow(client: redis.Redis, run_id: str, out=sys.stderr) -> dict:
                 print(file=out)
             return state
         if time.monotonic() - last_change > SILENCE_CHECK:
-            if not app.control.ping(timeout=3):
+            if not app.control.ping(timeout=3, limit=1):
                 raise BackupError(
                     f"run {run_id}: no worker is alive; it stays queued and resumes when a "
                     "worker starts (`celery -A workers worker`)"

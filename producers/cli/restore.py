@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     common.require_worker()
     run_id = workflows.reserve_id(client, prefix="restore-")
     restore_run = workflows.new_restore_run(run_id, args.id, kinds_of(artifacts), only, plan)
-    workflows.signature(restore_run).apply_async()
+    workflows.signature(restore_run, settings).apply_async()
     if args.detach:
         print(run_id)
         return 0

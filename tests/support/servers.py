@@ -75,10 +75,14 @@ class RedisServer:
 class Worker:
     """A real `celery -A workers worker` process with its own environment."""
 
-    def __init__(self, env: dict[str, str], logfile: Path, concurrency: int = 2) -> None:
+    def __init__(
+        self, env: dict[str, str], logfile: Path, concurrency: int = 2, queues: str = ""
+    ) -> None:
         self.env = env
         self.logfile = logfile
         self.concurrency = concurrency
+        self.queues = queues
+        self.name = f"test{free_port()}@%h"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Worker:
@@ -96,9 +100,10 @@ class Worker:
                 "-c",
                 str(self.concurrency),
                 "-n",
-                f"test{free_port()}@%h",
+                self.name,
                 "--without-gossip",
                 "--without-mingle",
+                *(["-Q", self.queues] if self.queues else []),
             ],
             env=self.env,
             stdout=log,

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import redis
 
+from workers.clock import now_iso
 from workers.config import Settings
 from workers.errors import NotFound
 from workers.ops import alerts, inuse, metrics
-from workers.ops.verify import now_iso
 from workers.store import manifest as manifests
 from workers.store.codec import read_plain
 from workers.store.layout import Tree

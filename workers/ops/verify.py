@@ -7,9 +7,9 @@ counts it as a good one; one that passes again is marked "verified" again.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
+from workers.clock import now_iso
 from workers.config import Settings
 from workers.errors import NotFound
 from workers.ops import inuse
@@ -19,10 +19,6 @@ from workers.store.codec import CorruptArtifact
 from workers.store.layout import Tree
 
 VERIFIED, FAILED = "verified", "failed-verification"
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def check_artifacts(tree: Tree, artifacts: list[dict], identity: Path | None) -> tuple[list, list]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shutil
 
+from workers.clock import now_iso
 from workers.context import StepContext
-from workers.steps.runner import now_iso
 from workers.steps.staging import all_artifacts
 from workers.store import atomic, locks
 from workers.store import manifest as manifests

@@ -10,21 +10,19 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
-from datetime import UTC, datetime
+from socket import gethostname
 
 import redis
 
 from workers import config
+from workers.clock import now_iso
 from workers.context import StepContext
 from workers.errors import BackupError, LockBusy
+from workers.ops import alerts
 from workers.progress import Progress
 from workers.store import journal, locks
 
 StepFn = Callable[[dict, StepContext], dict]
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def held_locks(run: dict) -> dict:
@@ -41,7 +39,8 @@ def execute(name: str, fn: StepFn, run: dict, task=None, on_failure: StepFn | No
     run = {**run, "steps": dict(run.get("steps", {}))}
     order = run.get("plan", [])
     ctx.progress.begin(order.index(name) + 1 if name in order else 0, len(order))
-    record = {"status": "running", "started_at": now_iso()}
+    worker = task.request.hostname if task is not None and task.request.hostname else None
+    record = {"status": "running", "started_at": now_iso(), "worker": worker or gethostname()}
     run["steps"][name] = record
     run["status"] = "running"
     ctx.tree.ensure()
@@ -65,6 +64,7 @@ def execute(name: str, fn: StepFn, run: dict, task=None, on_failure: StepFn | No
         if not run.get("inherit_locks"):  # a nested run's locks are its parent's to free
             locks.release(broker, held_locks(run))
         journal.save(ctx.tree, run)
+        alerts.notify_failure(run, ctx)  # never raises: an alert must not hide the cause
         ctx.progress.publish(
             status="failed", step=name, error=record["error"], recovery=_recovery_hint(run)
         )
