@@ -16,7 +16,7 @@ import urllib.request
 from workers.context import StepContext
 from workers.ops import metrics
 from workers.ops import settings as ops_settings
-from workers.steps.runner import now_iso
+from workers.clock import now_iso
 
 log = logging.getLogger("xiehe.alerts")
 ATTEMPTS = 3
