@@ -13,10 +13,10 @@ import time
 import urllib.error
 import urllib.request
 
+from workers.clock import now_iso
 from workers.context import StepContext
 from workers.ops import metrics
 from workers.ops import settings as ops_settings
-from workers.clock import now_iso
 
 log = logging.getLogger("xiehe.alerts")
 ATTEMPTS = 3
