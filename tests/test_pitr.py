@@ -221,6 +221,12 @@ def test_restore_to_a_moment_across_an_archiver_crash(server, pitr_env, worker_f
     assert dry.returncode == 0, dry.stderr
     assert backup_id in dry.stdout and "mysql-bin.000002" in dry.stdout, dry.stdout
     assert server.sql("SHOW TABLES", db=db) == [("events",)]  # the dry run changed nothing
+    archived = binlog.archived_files(Path(env["XIEHE_BACKUP_DIR"]) / "binlog")
+    gtids = [e for e in binlog.events(archived[-1]) if e.gtid]
+    by_gtid = cli(env, "restore", "--to-gtid", gtids[-2].gtid, "--dry-run")
+    assert f"{archived[-1].name}:{gtids[-1].position} (excluded)" in by_gtid.stdout, by_gtid
+    by_position = cli(env, "restore", "--to-position", f"{archived[-1].name}:4", "--dry-run")
+    assert by_position.returncode == 0 and backup_id in by_position.stdout, by_position
 
     restored = cli(env, "restore", "--to", text, "--yes")
     assert restored.returncode == 0, restored.stderr + restored.stdout
