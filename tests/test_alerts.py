@@ -1,48 +1,77 @@
-"""Notifications reach a local webhook exactly once, survive a flaky receiver, never fail
-the caller nor log the URL; the metrics textfile reflects the tree."""
+"""Notifications through apprise reach a local webhook (json://) exactly once, survive a
+flaky receiver, go to every configured URL, never fail the caller nor log a URL; the
+scheduled health task is the dead man's switch for a stale last good backup."""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
 
 import pytest
 
+from tests.conftest import base_env
 from tests.support.fake_backups import make_backup
 from tests.support.servers import free_port
-from workers.ops import alerts, metrics
-from workers.store import manifest as manifests
+from workers import config
+from workers.ops import alerts, health
 from workers.store.layout import Tree
 
 
+class Receiver:
+    """A local webhook: records every JSON body; answers 500 to the first `fail_first`."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        self.fail_first = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if receiver.fail_first > 0:
+                    receiver.fail_first -= 1
+                    self.send_response(500)
+                else:
+                    receiver.bodies.append(json.loads(body))
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"json://127.0.0.1:{self.server.server_port}/hook/T0KEN"
+
+
 @pytest.fixture
-def receiver():
-    """A local webhook: records every JSON body; fails the first `fail_first` requests."""
-    state = {"bodies": [], "fail_first": 0}
+def receivers():
+    made: list[Receiver] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's naming
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            if state["fail_first"] > 0:
-                state["fail_first"] -= 1
-                self.send_response(500)
-            else:
-                state["bodies"].append(json.loads(body))
-                self.send_response(204)
-            self.end_headers()
+    def make() -> Receiver:
+        made.append(Receiver())
+        return made[-1]
 
-        def log_message(self, *args):
-            pass
+    yield make
+    for r in made:
+        r.server.shutdown()
 
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    state["url"] = f"http://127.0.0.1:{server.server_port}/hook/T0KEN"
-    yield state
-    server.shutdown()
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in (
+        "XIEHE_NOTIFY_URLS",
+        "XIEHE_NOTIFY_URLS_FILE",
+        "XIEHE_NOTIFY_URL",
+        "XIEHE_NOTIFY_URL_FILE",
+        "XIEHE_NOTIFY_ON_SUCCESS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
 
 
 def failed_run() -> dict:
@@ -58,53 +87,80 @@ def failed_run() -> dict:
     }
 
 
-def test_a_failing_backup_sends_exactly_one_notification(receiver, tmp_path, monkeypatch):
-    monkeypatch.setenv("XIEHE_NOTIFY_URL", receiver["url"])
+def test_a_failing_backup_sends_exactly_one_notification(receivers, tmp_path, clean_env):
+    hook = receivers()
+    clean_env.setenv("XIEHE_NOTIFY_URLS", hook.url)
     ctx = SimpleNamespace(tree=Tree(tmp_path))
     assert alerts.notify_failure(failed_run(), ctx) == {"notified": True}
-    [event] = receiver["bodies"]
-    assert event["event"] == "backup.failed" and event["failed_step"] == "dump_mysql"
-    assert event["error"] == "mysql: access denied" and event["id"] == "20240601_020000"
+    [event] = hook.bodies
+    assert event["type"] == "failure"
+    assert "backup.failed 20240601_020000" in event["title"]
+    assert "failed_step: dump_mysql" in event["message"]
+    assert "error: mysql: access denied" in event["message"]
 
 
-def test_success_is_notified_only_when_configured(receiver, tmp_path, monkeypatch):
-    monkeypatch.setenv("XIEHE_NOTIFY_URL", receiver["url"])
+def test_success_is_notified_only_when_configured(receivers, tmp_path, clean_env):
+    hook = receivers()
+    clean_env.setenv("XIEHE_NOTIFY_URL", hook.url)  # the alias of XIEHE_NOTIFY_URLS
     ctx = SimpleNamespace(tree=Tree(tmp_path))
     run = {**failed_run(), "status": "succeeded", "error": None, "failed_step": None}
     assert alerts.notify_result(run, ctx) == {"notified": False}
-    monkeypatch.setenv("XIEHE_NOTIFY_ON_SUCCESS", "true")
+    clean_env.setenv("XIEHE_NOTIFY_ON_SUCCESS", "true")
     assert alerts.notify_result(run, ctx) == {"notified": True}
-    assert [e["event"] for e in receiver["bodies"]] == ["backup.succeeded"]
+    [event] = hook.bodies
+    assert event["type"] == "success" and "backup.succeeded" in event["title"]
 
 
-def test_a_flaky_receiver_gets_it_on_a_retry(receiver):
-    receiver["fail_first"] = 2
-    assert alerts.notify({"event": "drill.failed", "status": "failed"}, receiver["url"], 0.01)
-    assert len(receiver["bodies"]) == 1
+def test_every_configured_url_gets_it_once(receivers, tmp_path, clean_env):
+    """A list from a file (Docker secret) plus the alias; a failing URL is retried alone."""
+    first, second, alias = receivers(), receivers(), receivers()
+    second.fail_first = 1
+    urls = tmp_path / "urls"
+    urls.write_text(f"{first.url},\n{second.url}\n")
+    clean_env.setenv("XIEHE_NOTIFY_URLS_FILE", str(urls))
+    clean_env.setenv("XIEHE_NOTIFY_URL", alias.url)
+    assert alerts.notify_urls() == [first.url, second.url, alias.url]
+    assert alerts.notify({"event": "restore.failed", "status": "failed"}, backoff=0.01)
+    assert [len(r.bodies) for r in (first, second, alias)] == [1, 1, 1]
+
+
+def test_a_flaky_receiver_gets_it_on_a_retry(receivers):
+    hook = receivers()
+    hook.fail_first = 2
+    assert alerts.notify({"event": "drill.failed", "status": "failed"}, [hook.url], 0.01)
+    assert len(hook.bodies) == 1
 
 
 def test_an_unreachable_receiver_never_fails_the_caller_nor_leaks_the_url(caplog):
-    url = f"http://127.0.0.1:{free_port()}/hook/T0KEN"
+    port = free_port()
+    urls = [f"json://127.0.0.1:{port}/hook/T0KEN", f"json://ops:S3CRET@127.0.0.1:{port}/"]
+    with caplog.at_level(logging.DEBUG):
+        assert alerts.notify({"event": "backup.failed", "status": "failed"}, urls, 0.01) is False
+    assert "backup.failed" in caplog.text
+    assert "notification #1 (JSON) not delivered (attempt 3/3)" in caplog.text
+    assert "notification #2 (JSON) not delivered (attempt 3/3)" in caplog.text
+    for secret in ("T0KEN", str(port), "S3CRET"):
+        assert secret not in caplog.text
+
+
+def test_no_url_configured_is_logged_only(clean_env, caplog):
     with caplog.at_level(logging.INFO, logger="xiehe.alerts"):
-        assert alerts.notify({"event": "backup.failed", "status": "failed"}, url, 0.01) is False
-    assert "backup.failed" in caplog.text and "not delivered (attempt 3/3)" in caplog.text
-    assert "T0KEN" not in caplog.text
+        assert alerts.notify({"event": "backup.failed", "status": "failed"}) is False
+    assert "backup.failed" in caplog.text
 
 
-def test_metrics_textfile(tmp_path):
-    tree = Tree(tmp_path)
+def test_dead_mans_switch_names_the_stale_backup(receivers, broker, tmp_path, clean_env):
+    """The scheduled health task with the last good backup 30 h old (limit 26 h)."""
+    hook = receivers()
+    for key, value in base_env(broker.url, tmp_path / "backups").items():
+        if key.startswith("XIEHE_"):
+            clean_env.setenv(key, value)
+    clean_env.setenv("XIEHE_NOTIFY_URLS", hook.url)
+    tree = Tree(tmp_path / "backups")
     tree.ensure()
-    good = make_backup(tree, datetime(2024, 6, 2, 2, tzinfo=UTC), b"rdb")
-    bad = make_backup(tree, datetime(2024, 6, 3, 2, tzinfo=UTC), b"rdb")
-    manifests.update(tree, bad, status="failed-verification")
-    manifests.update(
-        tree, good, drills=[{"at": "2024-06-04T00:00:00+00:00", "ok": True, "rto_seconds": 42.5}]
-    )
-    path = metrics.write(tree)
-    text = open(path).read()
-    stamp = datetime(2024, 6, 2, 2, tzinfo=UTC).timestamp()
-    assert f'xiehe_backup_last_success_timestamp_seconds{{kind="mysql"}} {stamp:g}' in text
-    assert "xiehe_backup_verify_failures 1\n" in text
-    assert "xiehe_backup_drill_rto_seconds 42.5\n" in text
-    assert "xiehe_backup_drill_last_ok 1\n" in text
-    assert text.count("# TYPE xiehe_backup_last_success_timestamp_seconds gauge") == 1
+    make_backup(tree, datetime.now(UTC) - timedelta(hours=30), b"rdb")
+    result = health.scheduled(config.load())
+    assert not result["ok"] and "last good backup" in result["failing"]
+    [event] = hook.bodies
+    assert "health.failed" in event["title"]
+    assert "h old (limit 26 h)" in event["message"]

@@ -1,18 +1,31 @@
-"""Prometheus metrics as a textfile (node_exporter's textfile collector, or serve/push it).
+"""Prometheus metrics, recomputed from the tree (manifests and run journals are the record),
+so they always agree with what `list` shows.
 
-Recomputed from the tree each time (manifests and run journals are the record), so the
-file is always consistent with what `list` shows: backups/.metrics/xiehe_backup.prom.
+One collector serves both ways out: the textfile backups/.metrics/xiehe_backup.prom
+(node_exporter's textfile collector), rewritten after each run, and the live endpoint of
+`xiehe-backup metrics`, which also reports what only makes sense at scrape time: the age
+of the last good backup and the binlog archive's RPO.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Iterator
 from datetime import datetime
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from workers.config import Settings
 from workers.store import atomic, journal
 from workers.store import manifest as manifests
 from workers.store.layout import Tree
 
 FILE = "xiehe_backup.prom"
+PREFIX = "xiehe_backup_"
+KINDS = ("mysql", "redis", "volumes")
+log = logging.getLogger("xiehe.metrics")
 
 
 def _ts(iso: str | None) -> float:
@@ -24,62 +37,101 @@ def _newest_good(all_manifests: list[dict]) -> dict | None:
     return max(good, key=lambda m: _ts(m.get("finished_at")), default=None)
 
 
-def collect(tree: Tree) -> list[tuple[str, str, dict, float]]:
-    """(name, help, labels, value) rows."""
-    all_manifests = manifests.read_all(tree)
-    rows: list[tuple[str, str, dict, float]] = []
-    for kind in ("mysql", "redis", "volumes"):
+def _gauge(name: str, help_text: str, value: float, **labels: str) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(PREFIX + name, help_text, labels=list(labels))
+    family.add_metric(list(labels.values()), value)
+    return family
+
+
+def _backup_families(all_manifests: list[dict]) -> Iterator:
+    last = GaugeMetricFamily(
+        PREFIX + "last_success_timestamp_seconds",
+        "finish time of the newest verified backup holding this kind",
+        labels=["kind"],
+    )
+    for kind in KINDS:
         good = _newest_good([m for m in all_manifests if kind in m.get("kinds", [])])
         if good:
-            rows.append(
-                (
-                    "last_success_timestamp_seconds",
-                    "finish time of the newest verified backup",
-                    {"kind": kind},
-                    _ts(good.get("finished_at")),
-                )
-            )
+            last.add_metric([kind], _ts(good.get("finished_at")))
+    yield last
     newest = _newest_good(all_manifests)
     if newest:
         duration = sum(v or 0 for v in newest.get("steps", {}).values())
-        rows.append(
-            ("last_size_bytes", "size of the newest verified backup", {}, newest["size_bytes"])
-        )
-        rows.append(
-            ("last_duration_seconds", "duration of the newest verified backup", {}, duration)
-        )
+        yield _gauge("last_size_bytes", "size of the newest verified backup", newest["size_bytes"])
+        yield _gauge("last_duration_seconds", "duration of the newest verified backup", duration)
     failed = sum(1 for m in all_manifests if m.get("status") == "failed-verification")
-    rows.append(("verify_failures", "backups that failed verification", {}, failed))
-    runs = [r for r in journal.all_runs(tree) if r.get("status") == "failed"]
-    rows.append(("failed_runs", "runs that failed (journals kept)", {}, len(runs)))
-    rows.append(("backups", "published backups", {}, len(all_manifests)))
+    yield _gauge("verify_failures", "backups that failed verification", failed)
+    yield _gauge("backups", "published backups", len(all_manifests))
+
+
+def _drill_families(all_manifests: list[dict]) -> Iterator:
     drills = [d for m in all_manifests for d in m.get("drills", [])]
-    if drills:
-        last = max(drills, key=lambda d: _ts(d.get("at")))
-        rows.append(
-            (
-                "drill_rto_seconds",
-                "time the last restore drill took",
-                {},
-                last.get("rto_seconds") or 0,
-            )
-        )
-        rows.append(
-            ("drill_last_ok", "1 if the last restore drill passed", {}, 1 if last.get("ok") else 0)
-        )
-    return rows
+    if not drills:
+        return
+    last = max(drills, key=lambda d: _ts(d.get("at")))
+    yield _gauge(
+        "drill_rto_seconds", "time the last restore drill took", last.get("rto_seconds") or 0
+    )
+    yield _gauge("drill_last_ok", "1 if the last restore drill passed", 1 if last.get("ok") else 0)
 
 
-def render(rows: list[tuple[str, str, dict, float]]) -> str:
-    lines, seen = [], set()
-    for name, help_text, labels, value in rows:
-        metric = f"xiehe_backup_{name}"
-        if metric not in seen:
-            seen.add(metric)
-            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
-        label = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        lines.append(f"{metric}{{{label}}} {value:g}" if label else f"{metric} {value:g}")
-    return "\n".join(lines) + "\n"
+def _failures(tree: Tree, all_manifests: list[dict]) -> CounterMetricFamily:
+    counts = {"backup": 0, "restore": 0, "drill": 0}
+    for run in journal.all_runs(tree):
+        if run.get("status") == "failed":
+            counts[run.get("type", "backup")] = counts.get(run.get("type", "backup"), 0) + 1
+    counts["drill"] = sum(1 for m in all_manifests for d in m.get("drills", []) if not d.get("ok"))
+    family = CounterMetricFamily(
+        PREFIX + "failures", "failed runs (journals kept) and failed drills", labels=["type"]
+    )
+    for kind, n in counts.items():
+        family.add_metric([kind], n)
+    return family
+
+
+def _binlog_rpo(settings: Settings) -> float | None:
+    """The binlog archive's RPO, when that module (and an archiver) exists."""
+    try:
+        from workers.targets.binlog import rpo_seconds
+    except ImportError:
+        return None
+    try:
+        return rpo_seconds(settings)
+    except Exception as exc:  # noqa: BLE001 - a scrape must not fail for one figure
+        log.warning("RPO not measured: %s", exc)
+        return None
+
+
+class TreeCollector:
+    """Reads the tree on each collect(); `settings` adds the scrape-time figures."""
+
+    def __init__(self, tree: Tree, settings: Settings | None = None) -> None:
+        self.tree, self.settings = tree, settings
+
+    def collect(self) -> Iterator:
+        all_manifests = manifests.read_all(self.tree)
+        yield from _backup_families(all_manifests)
+        yield from _drill_families(all_manifests)
+        yield _failures(self.tree, all_manifests)
+        if self.settings is None:
+            return
+        newest = _newest_good(all_manifests)
+        if newest:
+            age = time.time() - _ts(newest.get("finished_at"))
+            yield _gauge("last_good_age_seconds", "age of the newest verified backup", age)
+        rpo = _binlog_rpo(self.settings)
+        if rpo is not None:
+            yield _gauge("rpo_seconds", "seconds of commits not yet in the binlog archive", rpo)
+
+
+def registry(tree: Tree, settings: Settings | None = None) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(TreeCollector(tree, settings))
+    return reg
+
+
+def text(tree: Tree, settings: Settings | None = None) -> str:
+    return generate_latest(registry(tree, settings)).decode()
 
 
 def write(tree: Tree) -> str:
@@ -87,5 +139,5 @@ def write(tree: Tree) -> str:
     directory = tree.root / ".metrics"
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / FILE
-    atomic.write_text(path, render(collect(tree)))
+    atomic.write_text(path, text(tree))
     return str(path)
