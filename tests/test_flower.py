@@ -25,6 +25,8 @@ STEPS = {
     "backup.snapshot_redis",
     "backup.verify",
     "backup.publish",
+    "backup.prune",
+    "backup.notify",
 }
 
 
@@ -136,3 +138,44 @@ def test_flower_needs_auth_shows_every_step_and_no_secret(
         assert set(run_tasks(flower, auth, backup_id)) == STEPS
     finally:
         flower.stop()
+
+
+def test_flower_shows_a_running_steps_progress(tmp_path, redis_server, worker_factory):
+    """Flower's list is built from events: a running step sends task-progress events whose
+    result reads "<bytes> of <total>", so the operator sees it move while it runs."""
+    broker, target = redis_server(), redis_server("--repl-diskless-sync-delay", "0")
+    data = redis.Redis(port=target.port)
+    for i in range(250):
+        data.set(f"image:{i}", os.urandom(1 << 20))  # incompressible: every step moves it all
+    env = base_env(broker.url, tmp_path / "backups")
+    env["XIEHE_REDIS_URL"] = target.url
+    auth_file = tmp_path / "flower_auth"
+    auth_file.write_text("admin:flower-pw\n")
+    flower_env = {
+        **env,
+        "XIEHE_FLOWER_BASIC_AUTH_FILE": str(auth_file),
+        "XIEHE_FLOWER_PORT": str(free_port()),
+        "XIEHE_FLOWER_ADDRESS": "127.0.0.1",
+        "XIEHE_FLOWER_DB": str(tmp_path / "flower" / "flower.db"),
+    }
+    flower = Flower(flower_env, tmp_path / "flower.log")
+    worker_factory(env)
+    auth = ("admin", "flower-pw")
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "producers.cli.main", "backup"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: set[str] = set()
+    try:
+        while cli.poll() is None:
+            for task in flower.get("/api/tasks", auth).json().values():
+                if task["state"] == "PROGRESS" and " of " in str(task.get("result")):
+                    seen.add(task["name"])
+            time.sleep(0.1)
+    finally:
+        flower.stop()
+    assert cli.returncode == 0, cli.stderr.read()
+    assert "backup.snapshot_redis" in seen, seen

@@ -1,4 +1,8 @@
-"""Live progress of a run, for the CLI (a Redis hash) and for Flower (the task's state)."""
+"""Live progress of a run: for the CLI and `status` (a Redis hash), for Flower (task events).
+
+Flower builds its task list from events, not from the result backend, so progress is also
+sent as a `task-progress` event whose `result` field carries "bytes done of total".
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import time
 from typing import Any
 
 import redis
+
+from workers.units import human_bytes
 
 RUN_KEY = "xiehe:run:"
 RUN_TTL = 7 * 24 * 3600
@@ -22,6 +28,7 @@ class Progress:
     def __init__(self, client: redis.Redis, run_id: str, step: str, task: Any = None) -> None:
         self.client, self.run_id, self.step, self.task = client, run_id, step, task
         self.bytes = 0
+        self.total: int | None = None  # set by steps that know (or estimate) their size
         self.started = time.monotonic()
         self._last = 0.0
 
@@ -36,7 +43,13 @@ class Progress:
         except redis.RedisError:
             pass  # progress is advisory; the journal on disk is the record
         if self.task is not None and getattr(self.task, "request", None) and self.task.request.id:
-            self.task.update_state(state="PROGRESS", meta={"run": self.run_id, **fields})
+            meta = {"run": self.run_id, **fields}
+            self.task.update_state(state="PROGRESS", meta=meta)
+            self.task.send_event("task-progress", result=self.describe(), **meta)
+
+    def describe(self) -> str:
+        done = human_bytes(self.bytes)
+        return f"{self.step}: {done} of {human_bytes(self.total)}" if self.total else done
 
     def begin(self, index: int, total: int) -> None:
         self.publish(
@@ -49,7 +62,7 @@ class Progress:
         if now - self._last >= EVERY:
             self._last = now
             rate = self.bytes / max(now - self.started, 1e-6)
-            self.publish(step=self.step, bytes=self.bytes, rate=int(rate))
+            self.publish(step=self.step, bytes=self.bytes, total=self.total, rate=int(rate))
 
 
 def read(client: redis.Redis, run_id: str) -> dict[str, str]:

@@ -13,6 +13,7 @@ from workers.config import Settings
 from workers.errors import BackupError
 from workers.progress import read as read_progress
 from workers.store.layout import Tree
+from workers.units import human_bytes
 
 SILENCE_CHECK = 15.0  # seconds without progress before asking whether a worker is alive
 
@@ -41,14 +42,6 @@ def require_worker(timeout: float = 3.0) -> None:
             "no xiehe-backup worker is running: start one with `celery -A workers worker` "
             "(nothing was enqueued)"
         )
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def follow(client: redis.Redis, run_id: str, out=sys.stderr) -> dict:
@@ -89,6 +82,8 @@ def _render(state: dict) -> str:
     step = state.get("step", "waiting for a worker")
     index = f"[{state.get('step_index', '?')}/{state.get('steps_total', '?')}]"
     moved = human_bytes(float(state.get("bytes") or 0))
+    if state.get("total"):
+        moved += f" of {human_bytes(float(state['total']))}"
     rate = human_bytes(float(state.get("rate") or 0)) + "/s"
     status = state.get("status", "queued")
     if status == "failed":

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from workers.context import StepContext
-from workers.steps.staging import fresh_dir, with_paths
+from workers.steps.staging import expected_bytes, fresh_dir, with_paths
 from workers.targets import volumes
 
 
 def archive_volumes(run: dict, ctx: StepContext) -> dict:
     settings = ctx.settings
+    ctx.progress.total = expected_bytes(ctx.tree, "volume")
     out_dir = fresh_dir(ctx.tree.staging_dir(run["id"], "volume"))
     present = run["steps"]["preflight"]["result"]["volumes"]
     artifacts, details = [], {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from workers.context import StepContext
-from workers.steps.staging import fresh_dir, with_paths
+from workers.steps.staging import expected_bytes, fresh_dir, with_paths
 from workers.targets import mysql
 
 
@@ -13,6 +13,7 @@ def dump_mysql(run: dict, ctx: StepContext) -> dict:
     settings = ctx.settings.mysql
     if run.get("databases"):  # a safety backup covers only the databases that still exist
         settings = replace(settings, databases=tuple(run["databases"]))
+    ctx.progress.total = expected_bytes(ctx.tree, "mysql")
     out_dir = fresh_dir(ctx.tree.staging_dir(run["id"], "mysql"))
     result = mysql.dump(settings, out_dir, run["id"], ctx.codec, ctx.progress.add)
     return {**result, "artifacts": with_paths(result["artifacts"])}

@@ -6,14 +6,16 @@ from workers.context import StepContext
 from workers.targets import mysql, redis, volumes
 
 
-def _to_restore(run: dict, kind: str) -> list[dict]:
+def _to_restore(run: dict, kind: str, ctx: StepContext) -> list[dict]:
     chosen = run["steps"]["preflight"]["result"]["artifacts_to_restore"]
-    return [a for a in chosen if a["kind"] == kind]
+    mine = [a for a in chosen if a["kind"] == kind]
+    ctx.progress.total = sum(a.get("plain_bytes", 0) for a in mine)
+    return mine
 
 
 def restore_mysql(run: dict, ctx: StepContext) -> dict:
     done = []
-    for artifact in _to_restore(run, "mysql"):
+    for artifact in _to_restore(run, "mysql", ctx):
         mysql.restore(
             ctx.settings.mysql,
             ctx.tree.artifact_path(artifact),
@@ -26,7 +28,7 @@ def restore_mysql(run: dict, ctx: StepContext) -> dict:
 
 
 def restore_redis(run: dict, ctx: StepContext) -> dict:
-    (artifact,) = _to_restore(run, "redis")
+    (artifact,) = _to_restore(run, "redis", ctx)
     settings = ctx.settings.redis
     docker = ctx.docker if settings.container else None
     return redis.restore(
@@ -40,7 +42,7 @@ def restore_redis(run: dict, ctx: StepContext) -> dict:
 
 def restore_volumes(run: dict, ctx: StepContext) -> dict:
     done = {}
-    for artifact in _to_restore(run, "volume"):
+    for artifact in _to_restore(run, "volume", ctx):
         done[artifact["source"]] = volumes.restore(
             ctx.docker,
             artifact["source"],

@@ -27,3 +27,18 @@ def all_artifacts(run: dict) -> list[dict]:
     for record in run.get("steps", {}).values():
         out += (record.get("result") or {}).get("artifacts", [])
     return out
+
+
+def expected_bytes(tree, kind: str) -> int | None:
+    """The plaintext size of this kind in the newest backup: the progress bar's estimate."""
+    from workers.store import manifest as manifests
+
+    for backup_id in reversed(tree.manifest_ids()):
+        try:
+            found = manifests.read(tree, backup_id)["artifacts"]
+        except (OSError, ValueError):
+            continue
+        sizes = [a.get("plain_bytes", 0) for a in found if a["kind"] == kind]
+        if sizes:
+            return sum(sizes)
+    return None

@@ -83,6 +83,7 @@ def verify_staged(run: dict, ctx: StepContext) -> dict:
     artifacts = all_artifacts(run)
     if not artifacts and not run.get("tolerate_missing"):
         raise BackupError("nothing was backed up: no target is configured or selected")
+    ctx.progress.total = sum(a["size_bytes"] for a in artifacts)
     results = []
     for artifact in artifacts:
         results.append(
