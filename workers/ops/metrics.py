@@ -89,7 +89,7 @@ def _failures(tree: Tree, all_manifests: list[dict]) -> CounterMetricFamily:
     return family
 
 
-def _binlog_rpo(settings: Settings) -> float | None:
+def binlog_rpo(settings: Settings) -> float | None:
     """The binlog archive's RPO, when that module (and an archiver) exists."""
     try:
         from workers.targets.binlog import rpo_seconds
@@ -119,7 +119,7 @@ class TreeCollector:
         if newest:
             age = time.time() - _ts(newest.get("finished_at"))
             yield _gauge("last_good_age_seconds", "age of the newest verified backup", age)
-        rpo = _binlog_rpo(self.settings)
+        rpo = binlog_rpo(self.settings)
         if rpo is not None:
             yield _gauge("rpo_seconds", "seconds of commits not yet in the binlog archive", rpo)
 
