@@ -131,11 +131,15 @@ def stack(mysql_conn, scratch_db, redis_server, docker_client, helper_image, bro
     volume = unique("xiehe_vol")
     fill_volume(docker_client, volume, helper_image)
     settings = MySQLSettings("127.0.0.1", 3306, "root", "", (db,), "medical_system", 2)
+    backup_user, restore_user = mysql_users(mysql_conn, db)
     env = base_env(broker.url, tmp_path / "backups")
     env.update(
         XIEHE_MYSQL_HOST="127.0.0.1",
         XIEHE_MYSQL_PORT="3306",
-        XIEHE_MYSQL_USER="root",
+        XIEHE_MYSQL_USER=backup_user,
+        XIEHE_MYSQL_PASSWORD=BACKUP_PASSWORD,
+        XIEHE_MYSQL_RESTORE_USER=restore_user,
+        XIEHE_MYSQL_RESTORE_PASSWORD=RESTORE_PASSWORD,
         XIEHE_MYSQL_DATABASES=db,
         XIEHE_REDIS_URL=data_redis.url,
         XIEHE_VOLUMES=volume,
@@ -144,3 +148,25 @@ def stack(mysql_conn, scratch_db, redis_server, docker_client, helper_image, bro
     for name in [volume]:
         with contextlib.suppress(Exception):
             docker_client.volumes.get(name).remove(force=True)
+    with mysql_conn.cursor() as cur:
+        for user in (backup_user, restore_user):
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+
+
+BACKUP_PASSWORD = "backup-pw-Xq7"
+RESTORE_PASSWORD = "restore-pw-Zk9"
+
+
+def mysql_users(conn, db: str) -> tuple[str, str]:
+    """The README's least-privilege accounts: one that only reads, one that may restore."""
+    backup_user, restore_user = unique("xbk"), unique("xrs")
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE USER '{backup_user}'@'%' IDENTIFIED BY '{BACKUP_PASSWORD}'")
+        cur.execute(f"GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON `{db}`.* TO '{backup_user}'@'%'")
+        cur.execute(f"GRANT SELECT ON `mysql`.`proc` TO '{backup_user}'@'%'")
+        cur.execute(f"GRANT RELOAD, BINLOG MONITOR ON *.* TO '{backup_user}'@'%'")
+        cur.execute(f"CREATE USER '{restore_user}'@'%' IDENTIFIED BY '{RESTORE_PASSWORD}'")
+        cur.execute(f"GRANT ALL PRIVILEGES ON `{db}`.* TO '{restore_user}'@'%'")
+        cur.execute(f"GRANT ALL PRIVILEGES ON `drill\\_%`.* TO '{restore_user}'@'%'")
+        cur.execute(f"GRANT SET USER ON *.* TO '{restore_user}'@'%'")
+    return backup_user, restore_user

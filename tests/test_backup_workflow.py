@@ -91,13 +91,14 @@ def test_backup_round_trip_by_hand(stack, worker_factory, tmp_path, mysql_conn):
 def test_bad_inputs_fail_clearly_and_leave_nothing(stack, worker_factory, tmp_path):
     st, env = stack
     root = tmp_path / "backups"
-    worker_factory(env)
+    first = worker_factory(env)
     ok = cli(env, "backup", "--only", "redis")
     assert ok.returncode == 0, ok.stderr
     good_id = last_line(ok)
+    first.stop()  # each case below gets the only worker, with the case's configuration
     cases = {
         "mysql": {"XIEHE_MYSQL_PORT": "1"},
-        "wrong user or password": {"XIEHE_MYSQL_USER": "nobody_xx"},
+        "nobody_xx": {"XIEHE_MYSQL_USER": "nobody_xx"},  # access denied, naming the user
         "does not exist": {"XIEHE_VOLUMES": "no_such_volume_xiehe"},
         "XIEHE_DISK_RESERVE_MB": {"XIEHE_DISK_RESERVE_MB": str(10**9)},
     }

@@ -79,6 +79,7 @@ def test_disaster_recovery_round_trip(stack, backend, worker_factory, mysql_conn
         "start_services",
         "verify",
         "report",
+        "notify",
     ]
     assert run["plan"] == order
     started = [run["steps"][name]["started_at"] for name in order]
@@ -145,18 +146,15 @@ def test_failure_midway_restarts_services_and_keeps_safety_backup(
     worker = worker_factory(env)
     backup_id = _backup(env)
     worker.stop()
-    # A backup-only account: it can take the safety backup but not drop or load a database.
-    with mysql_conn.cursor() as cur:
-        cur.execute("CREATE USER IF NOT EXISTS 'xiehe_ro'@'%' IDENTIFIED BY 'ro-pw-x1'")
-        cur.execute(f"GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON `{st.db}`.* TO 'xiehe_ro'@'%'")
-        cur.execute("GRANT SELECT ON mysql.proc TO 'xiehe_ro'@'%'")
-    try:
-        ro = {**env, "XIEHE_MYSQL_USER": "xiehe_ro", "XIEHE_MYSQL_PASSWORD": "ro-pw-x1"}
-        worker_factory(ro)
-        proc = cli(ro, "restore", backup_id, "--yes", "--only", "mysql")
-    finally:
-        with mysql_conn.cursor() as cur:
-            cur.execute("DROP USER 'xiehe_ro'@'%'")
+    # The restore runs with the backup-only account: it can take the safety backup but
+    # not drop or load a database, so the restore fails after services were stopped.
+    read_only = {
+        **env,
+        "XIEHE_MYSQL_RESTORE_USER": env["XIEHE_MYSQL_USER"],
+        "XIEHE_MYSQL_RESTORE_PASSWORD": env["XIEHE_MYSQL_PASSWORD"],
+    }
+    worker_factory(read_only)
+    proc = cli(read_only, "restore", backup_id, "--yes", "--only", "mysql")
     assert proc.returncode == 1
     assert "restore_mysql" in proc.stderr
     assert "xiehe-backup restore" in proc.stderr and "--yes" in proc.stderr
@@ -164,7 +162,7 @@ def test_failure_midway_restarts_services_and_keeps_safety_backup(
     assert backend.status == "running"
     listed = json.loads(cli(env, "list", "--json").stdout)
     assert any(b["reason"] == f"pre-restore {backup_id}" for b in listed)
-    assert "ro-pw-x1" not in json.dumps(listed)
+    assert env["XIEHE_MYSQL_PASSWORD"] not in json.dumps(listed)
 
 
 def test_bad_requests_are_refused_clearly(stack, worker_factory, broker):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -45,6 +45,7 @@ class Settings:
     broker_url: str = field(repr=False)
     backup_dir: Path
     mysql: MySQLSettings | None
+    mysql_restore: MySQLSettings | None  # restore credentials; the backup user by default
     redis: RedisSettings | None
     volumes: tuple[str, ...]
     helper_image: str
@@ -134,6 +135,15 @@ def _mysql(env: Mapping[str, str]) -> MySQLSettings | None:
     )
 
 
+def _mysql_restore(env: Mapping[str, str], backup: MySQLSettings | None) -> MySQLSettings | None:
+    """Least privilege: the backup user only reads; a separate user may hold the rights to
+    drop and load databases (XIEHE_MYSQL_RESTORE_USER / _PASSWORD / _PASSWORD_FILE)."""
+    user = env.get("XIEHE_MYSQL_RESTORE_USER", "").strip()
+    if backup is None or not user:
+        return backup
+    return replace(backup, user=user, password=_secret(env, "XIEHE_MYSQL_RESTORE_PASSWORD") or "")
+
+
 def _redis(env: Mapping[str, str]) -> RedisSettings | None:
     url = _secret(env, "XIEHE_REDIS_URL")
     if not url:
@@ -163,7 +173,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             "XIEHE_BROKER_URL", _secret(env, "XIEHE_BROKER_URL") or "redis://127.0.0.1:6379/0"
         ),
         backup_dir=Path(env.get("XIEHE_BACKUP_DIR", "./backups")).absolute(),
-        mysql=_mysql(env),
+        mysql=(mysql := _mysql(env)),
+        mysql_restore=_mysql_restore(env, mysql),
         redis=_redis(env),
         volumes=_list(env, "XIEHE_VOLUMES"),
         helper_image=env.get("XIEHE_HELPER_IMAGE", "alpine:3.20").strip() or "alpine:3.20",

@@ -57,7 +57,7 @@ def _compare(expected: dict, found: dict) -> list[str]:
 
 
 def _drop(settings: Settings, database: str) -> None:
-    conn = connect(settings.mysql)
+    conn = connect(settings.mysql_restore)
     try:
         conn.query(f"DROP DATABASE IF EXISTS {qi(database)}")
     finally:
@@ -70,13 +70,13 @@ def drill_mysql(settings: Settings, tree: Tree, manifest: dict, artifact: dict) 
     expected = manifest["mysql"]["databases"][source]["tables"]
     try:
         mysql.restore(
-            settings.mysql,
+            settings.mysql_restore,
             tree.artifact_path(artifact),
             scratch,
             settings.age_identity_file,
             lambda _n: None,
         )
-        found = mysql.checksums(settings.mysql, scratch)
+        found = mysql.checksums(settings.mysql_restore, scratch)
     finally:
         _drop(settings, scratch)
     mismatches = _compare(expected, found)

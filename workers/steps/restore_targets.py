@@ -17,7 +17,7 @@ def restore_mysql(run: dict, ctx: StepContext) -> dict:
     done = []
     for artifact in _to_restore(run, "mysql", ctx):
         mysql.restore(
-            ctx.settings.mysql,
+            ctx.settings.mysql_restore,
             ctx.tree.artifact_path(artifact),
             artifact["source"],
             ctx.settings.age_identity_file,
