@@ -1,6 +1,6 @@
 """Benchmark xiehe-backup against the standard tools, side by side on the same data.
 
-    python3 -m bench.run --size ref [--workdir /var/tmp/xiehe-bench] [--keep]
+    python3 -m bench.run --size ref [--workdir /var/tmp/xiehe-bench] [--keep] [--only uploads]
 
 Generates the data set once (MySQL database bench_<size>, a private redis-server, Docker
 volume bench_<size>_uploads), then times each peer and our own code on it, polling the RSS
@@ -229,8 +229,11 @@ def _ours_volume_archive(p: dict) -> dict:
     from workers.targets import volumes
 
     engine = docker.from_env(timeout=600)
-    result = volumes.archive(engine, p["volume"], p["image"], Path(p["out"]), p["id"], _codec())
-    return {"artifacts": result["artifacts"]}
+    previous = Path(p["previous"]) if p.get("previous") else None
+    result = volumes.archive(
+        engine, p["volume"], p["image"], Path(p["out"]), p["id"], _codec(), previous=previous
+    )
+    return {k: v for k, v in result.items() if k != "manifest_sha256"}
 
 
 OURS = {
@@ -499,6 +502,11 @@ def bench_uploads(b: Bench, s: Setup, run_label: str, worker: Worker | None) -> 
         b.run(g, "tar czf", f"tar -C {mp} -czf {out}/up.tar.gz .")
         b.run(g, "tar | zstd -T2", f"tar -C {mp} -cf - . | zstd -q -T2 -o {out}/up.tar.zst -f")
     b.run(g, "restic backup", f"restic backup -q {mp}", env=restic)
+    first = b.get("uploads first", "ours: volumes.archive (zstd)")
+    previous = None  # the second run copies the unchanged files' frames from the first's artifact
+    if run_label != "first" and first and first.seconds is not None:
+        artifact = json.loads(first.extra["stdout"].splitlines()[-1])["artifacts"][0]["file"]
+        previous = str(out / "ours-first" / artifact)
     b.run(
         g,
         "ours: volumes.archive (zstd)",
@@ -506,8 +514,9 @@ def bench_uploads(b: Bench, s: Setup, run_label: str, worker: Worker | None) -> 
             "volume-archive",
             volume=s.volume,
             image=s.image,
-            out=str(fresh(out / "ours")),
+            out=str(fresh(out / f"ours-{run_label}")),
             id=f"bench{run_label}",
+            previous=previous,
         ),
         role="ours",
     )
@@ -804,6 +813,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mysql-port", type=int, default=3306)
     p.add_argument("--mysql-user", default="root")
     p.add_argument("--keep", action="store_true", help="keep the data set and work files")
+    p.add_argument(
+        "--only", choices=["uploads"], help="only the uploads groups (first and second runs)"
+    )
     return p.parse_args(argv)
 
 
@@ -829,12 +841,10 @@ def setup(args: argparse.Namespace) -> Setup:
     s.redis = RedisServer(workdir / "redis-data")
     s.broker = RedisServer(workdir / "broker")
     print(f"generating the {args.size} data set ...", flush=True)
+    stores = [] if args.only else ["--mysql-db", s.db, "--redis-url", s.redis.url]
     gen.main(
         [
-            "--mysql-db",
-            s.db,
-            "--redis-url",
-            s.redis.url,
+            *stores,
             "--volumes",
             s.volume,
             "--size",
@@ -872,13 +882,15 @@ def benchmark(args: argparse.Namespace) -> dict:
     worker = None
     try:
         data = sizes(s)
-        cnf = defaults_file(s.workdir, s.mysql)
-        bench_restore(b, s, cnf, bench_mysql(b, s, cnf))
-        bench_redis(b, s)
-        bench_redis_container(b, s, args.redis_image)
+        if not args.only:
+            cnf = defaults_file(s.workdir, s.mysql)
+            bench_restore(b, s, cnf, bench_mysql(b, s, cnf))
+            bench_redis(b, s)
+            bench_redis_container(b, s, args.redis_image)
         worker = Worker(s, b.env).start()
         bench_uploads(b, s, "first", worker)
-        worker.backup(b, "end to end", "ours: full backup (worker, verified)")
+        if not args.only:
+            worker.backup(b, "end to end", "ours: full backup (worker, verified)")
         gen.main(
             [
                 "--volumes",
@@ -913,7 +925,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     report = benchmark(args)
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{datetime.now():%Y%m%dT%H%M%S}-{args.size}.json"
+    only = f"-{args.only}" if args.only else ""
+    path = RESULTS / f"{datetime.now():%Y%m%dT%H%M%S}-{args.size}{only}.json"
     path.write_text(json.dumps(report, indent=2, default=str))
     print(f"\nxiehe-backup benchmark, size {args.size}, {report['machine']}")
     print(f"data: {report['data']}\n")

@@ -1,9 +1,17 @@
-"""Archive each Docker named volume through a read-only helper container."""
+"""Archive each Docker named volume through a read-only helper container.
+
+Each volume's artifact in the newest verified backup is handed to the target, which copies
+the unchanged files' compressed frames from it instead of reading them again.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from workers.context import StepContext
 from workers.steps.staging import expected_bytes, fresh_dir, with_paths
+from workers.store import manifest as manifests
+from workers.store.layout import Tree
 from workers.targets import volumes
 
 
@@ -23,6 +31,7 @@ def archive_volumes(run: dict, ctx: StepContext) -> dict:
             ctx.codec,
             ctx.progress.add,
             stop_running=_may_stop(name, settings.stop_volumes_for),
+            previous=previous_artifact(ctx.tree, name),
         )
         artifacts += result.pop("artifacts")
         details[name] = result
@@ -31,3 +40,18 @@ def archive_volumes(run: dict, ctx: StepContext) -> dict:
 
 def _may_stop(volume: str, allowed: tuple[str, ...]) -> bool:
     return volume in allowed or "*" in allowed
+
+
+def previous_artifact(tree: Tree, volume: str) -> Path | None:
+    """The volume's unencrypted zstd artifact in the newest verified backup, if intact in size."""
+    for manifest in reversed(manifests.read_all(tree)):
+        if manifest.get("status") != "verified":
+            continue
+        for artifact in manifest.get("artifacts", []):
+            if artifact["kind"] != "volume" or artifact["source"] != volume:
+                continue
+            path = tree.artifact_path(artifact)
+            usable = artifact.get("compression") == "zstd" and not artifact.get("encrypted")
+            if usable and path.is_file() and path.stat().st_size == artifact["size_bytes"]:
+                return path
+    return None

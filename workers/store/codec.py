@@ -12,7 +12,7 @@ import hashlib
 import io
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -121,7 +121,10 @@ class ArtifactWriter:
         self._encryptor = _PipeEncryptor(self._disk, codec.recipients) if codec.encrypted else None
         below = self._encryptor or self._disk
         if codec.compression == "zstd":
-            cctx = zstandard.ZstdCompressor(level=codec.zstd_level, threads=-1)
+            # A checksum per frame lets a frame copied into a later artifact prove itself.
+            cctx = zstandard.ZstdCompressor(
+                level=codec.zstd_level, threads=-1, write_checksum=True
+            )
             self._top = cctx.stream_writer(below, closefd=False)
         elif codec.compression == "gzip":
             self._top = gzip.GzipFile(fileobj=below, mode="wb", compresslevel=6, mtime=0)
@@ -130,18 +133,62 @@ class ArtifactWriter:
         self.plain_sha = hashlib.sha256()
         self.plain_size = 0
         self._closed = False
+        self._frame_open = self._framed = False
 
     def write(self, data: bytes) -> int:
         self.plain_sha.update(data)
         self.plain_size += len(data)
         self._top.write(data)
+        self._frame_open = True
         return len(data)
+
+    def _check_framed(self) -> None:
+        if self.codec.compression != "zstd" or self.codec.encrypted:
+            raise ValueError("frames are addressable only in unencrypted zstd artifacts")
+
+    def end_frame(self) -> int:
+        """End the zstd frame in progress (if any); the stored offset where the next begins."""
+        self._check_framed()
+        self._framed = True
+        if self._frame_open:
+            self._top.flush(zstandard.FLUSH_FRAME)
+            self._frame_open = False
+        return self._disk.size
+
+    def append_frames(self, chunks: Iterable[bytes]) -> int:
+        """Append complete zstd (or skippable) frames verbatim at a frame boundary.
+
+        They are decompressed only to hash their plaintext into the artifact's, which also
+        checks them: a damaged or cut frame raises CorruptArtifact (the caller aborts).
+        Returns how many plaintext bytes they hold.
+        """
+        self.end_frame()
+        dctx, plain, pending = zstandard.ZstdDecompressor(), 0, False
+        obj = dctx.decompressobj()
+        try:
+            for chunk in chunks:
+                self._disk.write(chunk)
+                while chunk:
+                    out, pending = obj.decompress(chunk), True
+                    self.plain_sha.update(out)
+                    plain += len(out)
+                    if obj.eof:
+                        chunk, obj, pending = obj.unused_data, dctx.decompressobj(), False
+                    else:
+                        chunk = b""
+        except zstandard.ZstdError as exc:
+            raise CorruptArtifact(f"a copied frame is damaged: {exc}") from None
+        if pending:
+            raise CorruptArtifact("a copied frame is cut short")
+        self.plain_size += plain
+        return plain
 
     def close(self) -> dict:
         """Finish the streams and fsync; the artifact stays `.partial` until commit()."""
         if not self._closed:
             self._closed = True
-            if self._top is not self._encryptor and self._top is not self._disk:
+            ends_frame = self._frame_open or not self._framed  # no empty frame after the last
+            if self._top not in (self._encryptor, self._disk) and ends_frame:
                 self._top.close()
             if self._encryptor:
                 self._encryptor.close()

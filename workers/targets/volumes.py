@@ -1,9 +1,14 @@
 """Docker named volumes: archive to a tar artifact and restore from one, through the engine API.
 
-The volume is never read from the host's /var/lib/docker: a helper container (created, not
-started) mounts it, and the engine's archive API streams a tar of the mount point.  Backup
-tees that stream unchanged into the artifact while parsing it (to count, hash and check
-members), so the artifact is exactly what the engine produced and nothing is staged.
+The volume is never read from the host's /var/lib/docker: a helper container mounts it,
+and the engine's archive API streams a tar of the mount point.  An unencrypted zstd backup
+is framed (see volume_index): every member passes the safety filter and is written with a
+fresh header, each file's data in a zstd frame of its own, and an index of the frames
+closes the artifact.  Given the previous backup's artifact, the helper first lists the
+volume (stat only), and files whose inode, size, mtime and ctime are unchanged have their
+frames copied verbatim from it: only new and changed files are read through the engine
+and compressed, and the new artifact is still a whole tar that restores alone.  Other
+codecs tee the engine's stream unchanged into the artifact while parsing it.
 Restore re-emits every member that passed the safety filter (normalized names, no stray
 PAX fields), so the engine only ever unpacks headers this module has judged.
 """
@@ -13,11 +18,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import docker
 import requests
@@ -33,6 +41,7 @@ from workers.store.codec import (
     CorruptArtifact,
     open_plain,
 )
+from workers.targets import volume_index as vi
 from workers.targets.docker_engine import (
     containers_using_volume,
     start_containers,
@@ -52,7 +61,11 @@ Progress = Callable[[int], None] | None
 SOURCE = "/source"  # where a helper mounts the volume read-only
 TARGET = "/target"  # where a helper mounts it read-write
 PROGRESS_EVERY = 16 << 20
-HELPER_TIMEOUT = 3600  # seconds for the wipe step of a restore
+HELPER_TIMEOUT = 3600  # seconds for the wipe step of a restore, or a listing
+# What one engine call costs, in bytes read: reading few changed files one call each beats
+# reading the whole volume only while calls * FETCH_COST + bytes read < the volume's bytes.
+FETCH_COST = 8 << 20
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # get_archive streams straight from urllib3, whose errors requests does not wrap there
 _ENGINE_ERRORS = (DockerException, requests.RequestException, urllib3.exceptions.HTTPError)
 
@@ -167,10 +180,11 @@ def manifest_sha256(inventory: dict[str, dict]) -> str:
     return sha.hexdigest()
 
 
-def _volume_tar(container, name: str) -> Iterator[bytes]:
-    """The engine's tar of the mounted volume, members named ./relative/path."""
+def _volume_tar(container, name: str, path: str = ROOT) -> Iterator[bytes]:
+    """The engine's tar of the mounted volume (members ./relative/path), or of one path in
+    it (members named from its last component)."""
     try:
-        chunks, _ = container.get_archive(f"{SOURCE}/.", chunk_size=CHUNK)
+        chunks, _ = container.get_archive(f"{SOURCE}/{path}", chunk_size=CHUNK)
         yield from chunks
     except _ENGINE_ERRORS as exc:
         raise TargetError(f"volume:{name}", f"cannot read through the engine: {exc}") from None
@@ -212,24 +226,41 @@ def archive(
     codec: Codec,
     progress: Progress = None,
     stop_running: bool = False,
+    previous: Path | None = None,
 ) -> dict:
-    """Write out_dir/<name>_<backup_id>.tar[.zst][.age]; returns its record and counts."""
+    """Write out_dir/<name>_<backup_id>.tar[.zst][.age]; returns its record and counts.
+
+    `previous`: this volume's artifact in the newest verified backup, whose unchanged
+    files' frames are copied (framed codecs only); the result tells what was reused."""
     check(engine, name)  # the engine would silently create a missing volume on mount
-    guard = SafetyFilter()
-    manifest = hashlib.sha256()
+    framed = codec.compression == "zstd" and not codec.encrypted
+    command = ["sh", "-c", vi.LIST_SCRIPT] if framed else None
     with (
         _quiesced(engine, name, stop_running),
-        _helper(engine, helper_image, name, writable=False, command=None) as helper,
-        ArtifactWriter(Path(out_dir) / f"{name}_{backup_id}.tar", codec) as writer,
+        _helper(engine, helper_image, name, writable=False, command=command) as helper,
     ):
-        raw = io.BufferedReader(ChunkStream(_tee(_volume_tar(helper, name), writer, progress)))
         try:
-            with open_stream(raw) as tar:
-                for path, entry in _entries(tar, guard):
-                    manifest.update(_manifest_line(path, entry))
-            guard.recheck_links()
+            if framed:
+                return _archive_framed(
+                    helper, name, Path(out_dir), backup_id, codec, progress, previous
+                )
+            return _archive_stream(helper, name, Path(out_dir), backup_id, codec, progress)
         except UnsafeArchive as exc:
             raise TargetError(f"volume:{name}", f"a restore would refuse it: {exc}") from None
+
+
+def _archive_stream(
+    helper, name: str, out_dir: Path, backup_id: str, codec: Codec, progress: Progress
+) -> dict:
+    """The engine's tar, unchanged, into the artifact (codecs without addressable frames)."""
+    guard = SafetyFilter()
+    manifest = hashlib.sha256()
+    with ArtifactWriter(out_dir / f"{name}_{backup_id}.tar", codec) as writer:
+        raw = io.BufferedReader(ChunkStream(_tee(_volume_tar(helper, name), writer, progress)))
+        with open_stream(raw) as tar:
+            for path, entry in _entries(tar, guard):
+                manifest.update(_manifest_line(path, entry))
+        guard.recheck_links()
         while raw.read(CHUNK):  # the end-of-archive blocks belong in the artifact too
             pass
         record = writer.commit()
@@ -238,6 +269,272 @@ def archive(
         **guard.counts,
         "manifest_sha256": manifest.hexdigest(),
     }
+
+
+def _archive_framed(
+    helper,
+    name: str,
+    out_dir: Path,
+    backup_id: str,
+    codec: Codec,
+    progress: Progress,
+    previous: Path | None,
+) -> dict:
+    artifact = out_dir / f"{name}_{backup_id}.tar"
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".list-") as tmp:
+        listing, note = _list(helper, name, Path(tmp))
+        result = None
+        if listing and previous:
+            try:
+                result = _incremental(helper, name, artifact, codec, progress, listing, previous)
+                note = None if result else "too much changed: read in full"
+            except (vi.Stale, vi.Unlisted, CorruptArtifact, OSError, tarfile.TarError) as exc:
+                note = f"previous artifact not reused ({exc}): read in full"
+        if result is None:
+            result = _full(helper, name, artifact, codec, progress, listing)
+    return {**result, "previous": previous.name if previous else None, "note": note}
+
+
+def _list(helper, name: str, tmp: Path) -> tuple[vi.Listing | None, str | None]:
+    """The helper's listing of the volume, validated; None (and why) if it cannot be had."""
+    try:
+        _run(helper, name)
+        chunks, _ = helper.get_archive(vi.LIST_DIR, chunk_size=CHUNK)
+        listing = vi.fetch_listing(chunks, tmp / "listing")
+        for _ in listing:  # parses every line once: a bad one is found before anything is written
+            pass
+        return listing, None
+    except (vi.Unlisted, TargetError, tarfile.TarError, *_ENGINE_ERRORS) as exc:
+        return None, f"not listed ({exc}): read in full, nothing reusable next time"
+
+
+class _Composer:
+    """Members appended to a framed artifact and its index, each judged by the safety filter."""
+
+    def __init__(self, writer: ArtifactWriter, started: int | None, progress: Progress) -> None:
+        self.writer, self.guard, self.meter = writer, SafetyFilter(), _Meter(progress)
+        self.index = vi.IndexSpool(writer.partial.parent, started)
+        self.manifest = hashlib.sha256()
+        self.stats = {"reused_files": 0, "reused_bytes": 0, "read_bytes": 0}
+
+    def add(
+        self,
+        info: tarfile.TarInfo,
+        key: list | None,
+        data: BinaryIO | None = None,
+        reuse: list | None = None,
+        previous_fd: int = -1,
+    ) -> None:
+        path = self.guard.check(info)
+        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        frame, sha = None, None
+        if info.isreg():
+            if reuse:
+                frame, sha = self._copy(previous_fd, reuse, info.size), reuse[4]
+            elif info.size:
+                frame, sha = self._compress(data, info.size, path)
+            else:
+                sha = EMPTY_SHA256
+        entry = _entry(info, path, sha)
+        self.manifest.update(_manifest_line(path, entry))
+        self.index.add([path, entry["type"], key, frame, sha, info.pax_headers or None])
+
+    def _write(self, data: bytes) -> None:
+        self.writer.write(data)
+        self.meter.add(len(data))
+
+    def _compress(self, src: BinaryIO, size: int, path: str) -> tuple[list[int], str]:
+        start, sha, done = self.writer.end_frame(), hashlib.sha256(), 0
+        while done < size and (chunk := src.read(min(CHUNK, size - done))):
+            self._write(chunk)
+            sha.update(chunk)
+            done += len(chunk)
+        if done != size:
+            raise vi.Stale(f"{path!r}: {done} of {size} bytes could be read")
+        self._write(b"\0" * (-size % tarfile.BLOCKSIZE))
+        self.stats["read_bytes"] += size
+        return [start, self.writer.end_frame() - start], sha.hexdigest()
+
+    def _copy(self, fd: int, old: list, size: int) -> list[int]:
+        start = self.writer.end_frame()
+        offset, length = old[3]
+        plain = self.writer.append_frames(vi.pread_chunks(fd, offset, length))
+        if plain != size + (-size % tarfile.BLOCKSIZE):
+            raise vi.Stale(f"{old[0]!r}: its frame holds {plain} bytes, not {size}")
+        self.meter.add(plain)
+        self.stats["reused_files"] += 1
+        self.stats["reused_bytes"] += size
+        return [start, length]
+
+    def finish(self, name: str) -> dict:
+        self.guard.recheck_links()
+        self._write(b"\0" * (2 * tarfile.BLOCKSIZE))
+        offset = self.writer.end_frame()
+        self.writer.append_frames(self.index.frames(offset))
+        record = self.writer.commit()
+        self.meter.finish()
+        return {
+            "artifacts": [{**record, "kind": "volume", "source": name}],
+            **self.guard.counts,
+            "manifest_sha256": self.manifest.hexdigest(),
+            **self.stats,
+        }
+
+
+def _tar_name(path: str) -> str:
+    return ROOT if path == ROOT else f"./{path}"
+
+
+def _xattrs(pax_headers: dict) -> dict:
+    return {k: v for k, v in pax_headers.items() if k.startswith("SCHILY.xattr.")}
+
+
+def _fresh(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+    """The engine's member as a full archive stores it: ./names, numeric owners, xattrs."""
+    member.name = _tar_name(path)
+    if member.islnk():
+        member.linkname = _tar_name(normalize(member.linkname))
+    if member.issparse():
+        member.type = tarfile.REGTYPE  # extractfile() gives it back expanded
+    member.pax_headers = _xattrs(member.pax_headers)
+    member.uname = member.gname = ""
+    return member
+
+
+def _trusted_key(item: vi.Listed | None, member: tarfile.TarInfo) -> list | None:
+    """The listed key, if it surely describes what the engine just streamed of the path."""
+    if item is None or item.racy or int(member.mtime) != item.mtime:
+        return None
+    if member.isreg() and (item.kind != "file" or member.size != item.size):
+        return None
+    return list(item.key)
+
+
+def _full(
+    helper, name: str, artifact: Path, codec: Codec, progress: Progress, listing: vi.Listing | None
+) -> dict:
+    """Every member from the engine's tar of the volume, each file's data compressed anew."""
+    listed = vi.Cursor(listing or (), lambda item: item.path)
+    with ArtifactWriter(artifact, codec) as writer:
+        composer = _Composer(writer, listing.started if listing else None, progress)
+        raw = io.BufferedReader(ChunkStream(_volume_tar(helper, name)), CHUNK)
+        with open_stream(raw) as tar:
+            for member in tar:
+                path = normalize(member.name)
+                key = _trusted_key(listed.find(path), member)
+                data = tar.extractfile(member) if member.isreg() else None
+                composer.add(_fresh(member, path), key, data)
+        return composer.finish(name)
+
+
+_TYPES = {"dir": tarfile.DIRTYPE, "file": tarfile.REGTYPE, "symlink": tarfile.SYMTYPE}
+
+
+def _listed_header(step: vi.Step, member: tarfile.TarInfo | None) -> tarfile.TarInfo:
+    """The header a full archive would hold, from the listing (xattrs: engine or index)."""
+    item = step.item
+    info = tarfile.TarInfo(_tar_name(item.path))
+    info.type = tarfile.LNKTYPE if step.kind == "hardlink" else _TYPES[item.kind]
+    info.mode, info.uid, info.gid, info.mtime = item.mode, item.uid, item.gid, item.mtime
+    info.size = item.size if step.kind == "file" else 0
+    info.linkname = _tar_name(step.linkname) if step.kind == "hardlink" else step.linkname
+    info.uname = info.gname = ""
+    info.pax_headers = _xattrs(member.pax_headers) if member else dict(step.xattrs or {})
+    return info
+
+
+class _Fetcher:
+    """Members read through the engine: one call per new directory or changed file."""
+
+    def __init__(self, helper, name: str) -> None:
+        self.helper, self.name = helper, name
+        self.unit: str | None = None
+        self.tar: tarfile.TarFile | None = None
+        self.calls = 0
+
+    def get(self, step: vi.Step) -> tuple[tarfile.TarInfo | None, BinaryIO | None]:
+        if step.fetch is None:
+            return None, None
+        if step.fetch != self.unit:
+            self.close()
+            self.unit, self.calls = step.fetch, self.calls + 1
+            chunks = _volume_tar(self.helper, self.name, step.fetch)
+            self.tar = tarfile.open(
+                fileobj=io.BufferedReader(ChunkStream(chunks), CHUNK), mode="r|"
+            )
+        member = self.tar.next()
+        parent = step.fetch.rpartition("/")[0]
+        path = None if member is None else "/".join(filter(None, [parent, normalize(member.name)]))
+        item = step.item
+        if path != item.path or not _same_kind(step, member):
+            raise vi.Stale(f"{item.path!r} changed while being backed up")
+        return member, self.tar.extractfile(member) if step.kind == "file" else None
+
+    def close(self) -> None:
+        """The previous call's tar must hold nothing more than the listing said."""
+        if self.tar is not None:
+            extra = self.tar.next()
+            self.tar.close()
+            self.tar = None
+            if extra is not None:
+                raise vi.Stale(f"{extra.name!r} appeared while being backed up")
+
+
+def _same_kind(step: vi.Step, member: tarfile.TarInfo) -> bool:
+    """Whether the engine streamed what the listing said (a hard link may come as a file)."""
+    if step.kind == "file":
+        return member.isreg() and member.size == step.item.size
+    if step.kind == "hardlink":
+        return member.isreg() or member.islnk()
+    if step.kind == "symlink":
+        return member.issym() and member.linkname == step.item.target
+    return member.isdir()
+
+
+def _index_key(item: vi.Listed) -> list | None:
+    return None if item.racy else list(item.key)
+
+
+def _worth_it(steps: Iterator[vi.Step]) -> bool:
+    total = read = calls = 0
+    unit = None
+    for step in steps:
+        if step.kind == "file":
+            total += step.item.size
+            read += step.item.size if step.fetch else 0
+        if step.fetch and step.fetch != unit:
+            calls += 1
+        unit = step.fetch
+    return calls * FETCH_COST + read < total
+
+
+def _incremental(
+    helper,
+    name: str,
+    artifact: Path,
+    codec: Codec,
+    progress: Progress,
+    listing: vi.Listing,
+    previous: Path,
+) -> dict | None:
+    """New and changed files read through the engine, the others' frames copied; None when
+    reading the whole volume would cost less."""
+    fd = os.open(previous, os.O_RDONLY)
+    try:
+        if not _worth_it(vi.plan(listing, vi.read_index(fd))):
+            return None
+        with ArtifactWriter(artifact, codec) as writer:
+            composer = _Composer(writer, listing.started, progress)
+            fetcher = _Fetcher(helper, name)
+            for step in vi.plan(listing, vi.read_index(fd)):
+                member, data = fetcher.get(step)
+                info = _listed_header(step, member)
+                composer.add(info, _index_key(step.item), data, step.reuse, fd)
+            fetcher.close()
+            return {**composer.finish(name), "engine_calls": fetcher.calls}
+    finally:
+        os.close(fd)
 
 
 def _ensure_volume(engine: docker.DockerClient, name: str, labels: dict | None) -> bool:
@@ -274,9 +571,7 @@ def _member_blocks(member: tarfile.TarInfo, path: str) -> bytes:
         member.linkname = normalize(member.linkname)
     if member.issparse():
         member.type = tarfile.REGTYPE  # extractfile() gives it back expanded
-    member.pax_headers = {
-        k: v for k, v in member.pax_headers.items() if k.startswith("SCHILY.xattr.")
-    }
+    member.pax_headers = _xattrs(member.pax_headers)
     return member.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 

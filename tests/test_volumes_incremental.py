@@ -1,0 +1,142 @@
+"""Incremental volume backups: unchanged files' frames are copied, never read again, and
+every backup still restores alone (and by hand) to exactly the volume's state.
+
+Real Docker engine and busybox helper image, as in test_volumes_target.py (whose
+fixtures are reused); skips, saying why, when the engine is unreachable.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from tests import test_volumes_target as base
+from tests.test_volumes_target import HELPER, as_files, disk_inventory, run_in
+from workers.store.codec import Codec
+from workers.targets import tar_safety, volume_index, volumes
+
+engine, new_volume = base.engine, base.new_volume  # the engine and volume fixtures
+MB = 1 << 20
+NOTES = {n: f"note {n}" for n in ("keep", "rename", "chmod", "touch")}
+BIG_FILES = 20  # of 4 MB: the volume is large enough that reading few files beats a full read
+FILL = f"""
+set -e
+cd /target
+mkdir -p 'dicom/影像 2024' 'empty dir' notes
+for i in $(seq 1 {BIG_FILES}); do
+    head -c {4 * MB} /dev/urandom > "dicom/影像 2024/IM$i.dcm"
+done
+for n in keep rename chmod touch; do printf "note $n" > "notes/$n.txt"; done
+printf '' > notes/empty
+ln -s 'dicom/影像 2024' latest
+ln 'dicom/影像 2024/IM5.dcm' IM5-hardlink
+chown 1000:1000 'dicom/影像 2024/IM3.dcm' notes
+"""
+CHANGE = """
+set -e
+cd /target
+head -c 4194304 /dev/urandom > 'dicom/影像 2024/IM1.dcm'
+rm 'dicom/影像 2024/IM2.dcm'
+mv notes/rename.txt notes/renamed.txt
+chmod 600 notes/chmod.txt
+touch -d '2020-01-02 03:04:05' notes/touch.txt
+mkdir -p 'dicom/new study/s1'
+printf 'new image' > 'dicom/new study/s1/a.dcm'
+printf 'another' > 'dicom/new study/s1/b.dcm'
+ln -sfn notes latest
+"""
+
+
+def settle() -> None:
+    """Changes within a second of a listing are not trusted by the next backup: let them age."""
+    time.sleep(volume_index.RACY_S + 1.1)
+
+
+def backup(engine, name, out, backup_id, previous=None) -> tuple[dict, os.PathLike]:
+    result = volumes.archive(engine, name, HELPER, out, backup_id, Codec(), previous=previous)
+    return result, out / result["artifacts"][0]["file"]
+
+
+def by_hand(artifact, into) -> dict:
+    """`zstd -dc | tar x`, as a human would, then the tree's inventory."""
+    into.mkdir()
+    subprocess.run(
+        f"zstd -dc '{artifact}' | tar -xpf - --numeric-owner -C '{into}'", shell=True, check=True
+    )
+    return disk_inventory(into)
+
+
+def test_second_backup_copies_unchanged_frames_and_restores_alone(engine, new_volume, tmp_path):
+    name = new_volume()
+    run_in(engine, name, FILL)
+    settle()
+    first, first_artifact = backup(engine, name, tmp_path / "b1", "b1")
+    assert first["reused_files"] == 0 and first["read_bytes"] == BIG_FILES * 4 * MB + sum(
+        map(len, NOTES.values())
+    )
+
+    run_in(engine, name, CHANGE)
+    settle()
+    state = volumes.file_inventory(engine, name, HELPER)
+    second, artifact = backup(engine, name, tmp_path / "b2", "b2", previous=first_artifact)
+
+    # Unchanged: 18 big files (IM1 rewritten, IM2 gone) and notes/keep.txt; read again: IM1,
+    # the renamed, chmod-ed and touched notes, and the new directory (one engine call).
+    assert second["reused_files"] == BIG_FILES - 2 + 1
+    assert second["reused_bytes"] == (BIG_FILES - 2) * 4 * MB + len("note keep")
+    notes = NOTES["rename"] + NOTES["chmod"] + NOTES["touch"]
+    assert second["read_bytes"] == 4 * MB + len(notes) + len("new image" + "another")
+    assert second["engine_calls"] == 5 and second["note"] is None
+    assert second["manifest_sha256"] == volumes.manifest_sha256(state)
+    full, _ = backup(engine, name, tmp_path / "full", "full")  # the same state, read in full
+    assert full["manifest_sha256"] == second["manifest_sha256"]
+    assert {k: full[k] for k in tar_safety.COUNTS} == {k: second[k] for k in tar_safety.COUNTS}
+    assert sorted(os.listdir(tmp_path / "b2")) == [artifact.name]  # nothing else left behind
+
+    first_artifact.unlink()  # the second backup owes nothing to the first
+    hand = by_hand(artifact, tmp_path / "hand")
+    assert hand.pop(".")["mode"] == state["."]["mode"]
+    assert hand == {k: v for k, v in as_files(state).items() if k != "."}
+    target = new_volume(create=False)
+    volumes.restore(engine, target, artifact, HELPER)
+    assert volumes.file_inventory(engine, target, HELPER) == state
+
+    # A third backup with nothing changed reads nothing.
+    third, _ = backup(engine, name, tmp_path / "b3", "b3", previous=artifact)
+    assert third["read_bytes"] == 0 and third["engine_calls"] == 0
+    assert third["manifest_sha256"] == second["manifest_sha256"]
+
+
+def test_damaged_previous_artifact_is_not_propagated(engine, new_volume, tmp_path):
+    name = new_volume()
+    run_in(engine, name, FILL)
+    settle()
+    _, first_artifact = backup(engine, name, tmp_path / "b1", "b1")
+    with open(first_artifact, "r+b") as fh:  # one flipped byte inside IM7's data frame
+        records = list(volume_index.read_index(fh.fileno()))
+        offset, length = next(r[3] for r in records if r[0].endswith("/IM7.dcm"))
+        fh.seek(offset + length // 2)
+        byte = fh.read(1)
+        fh.seek(offset + length // 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+    state = volumes.file_inventory(engine, name, HELPER)
+    second, artifact = backup(engine, name, tmp_path / "b2", "b2", previous=first_artifact)
+    assert "not reused" in second["note"] and second["reused_files"] == 0
+    assert second["manifest_sha256"] == volumes.manifest_sha256(state)
+    target = new_volume(create=False)
+    volumes.restore(engine, target, artifact, HELPER)
+    assert volumes.file_inventory(engine, target, HELPER) == state
+
+
+def test_odd_names_are_archived_in_full(engine, new_volume, tmp_path):
+    name = new_volume()
+    run_in(engine, name, "cd /target && printf x > \"$(printf 'two\\nlines')\" && printf y > z")
+    settle()
+    first, first_artifact = backup(engine, name, tmp_path / "b1", "b1")
+    assert "not listed" in first["note"]
+    state = volumes.file_inventory(engine, name, HELPER)
+    assert "two\nlines" in state
+    second, _ = backup(engine, name, tmp_path / "b2", "b2", previous=first_artifact)
+    assert second["reused_files"] == 0 and second["manifest_sha256"] == first["manifest_sha256"]
