@@ -136,7 +136,8 @@ def scheduled_drill() -> dict:
 
 
 @shared_task(name="scheduled.health")
-def scheduled_health() -> list[dict]:
-    from workers.ops.health import run_checks
+def scheduled_health() -> dict:
+    """Doctor's checks on a schedule; one alert when any fails (the dead man's switch)."""
+    from workers.ops.health import scheduled
 
-    return run_checks(config.load())
+    return scheduled(config.load())
