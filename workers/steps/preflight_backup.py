@@ -11,7 +11,7 @@ import shutil
 
 from workers.context import StepContext
 from workers.errors import BackupError, TargetError
-from workers.steps.targets_of import lock_names
+from workers.steps.targets_of import lock_targets
 from workers.store import journal, locks, space
 from workers.targets import mysql, redis, volumes
 
@@ -52,13 +52,7 @@ def preflight_backup(run: dict, ctx: StepContext) -> dict:
             "(XIEHE_DISK_RESERVE_MB); free space or prune old backups"
         )
     if not run.get("inherit_locks"):
-        run["locks"] = locks.acquire(
-            ctx.broker,
-            lock_names(settings, wanted, present),
-            run["id"],
-            settings.lock_ttl,
-            wait=float(settings.lock_wait),
-        )
+        run["locks"] = lock_targets(ctx, run, wanted, present)
     return {
         "targets": {k: _public(v) for k, v in checks.items()},
         "volumes": present,

@@ -13,9 +13,9 @@ import stat
 from workers.context import StepContext
 from workers.errors import BackupError
 from workers.steps.restore_scope import kinds_of, selected_artifacts
-from workers.steps.targets_of import lock_names
+from workers.steps.targets_of import lock_targets
 from workers.steps.verify_backup import verify_all
-from workers.store import journal, locks
+from workers.store import journal
 from workers.store import manifest as manifests
 from workers.targets import docker_engine, mysql, redis
 
@@ -56,13 +56,7 @@ def preflight_restore(run: dict, ctx: StepContext) -> dict:
     kinds = kinds_of(artifacts)
     targets = _check_targets(ctx, kinds, artifacts)
     volumes = [a["source"] for a in artifacts if a["kind"] == "volume"]
-    run["locks"] = locks.acquire(
-        ctx.broker,
-        lock_names(settings, kinds, volumes),
-        run["id"],
-        settings.lock_ttl,
-        wait=float(settings.lock_wait),
-    )
+    run["locks"] = lock_targets(ctx, run, kinds, volumes)
     return {
         "artifacts_to_restore": artifacts,
         "kinds": kinds,

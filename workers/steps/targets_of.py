@@ -5,6 +5,8 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from workers.config import Settings
+from workers.context import StepContext
+from workers.store import locks
 
 
 def mysql_lock(settings: Settings) -> str:
@@ -29,3 +31,15 @@ def lock_names(settings: Settings, kinds: list[str], volumes: list[str]) -> list
     if "volumes" in kinds:
         names += [volume_lock(v) for v in volumes]
     return names
+
+
+def lock_targets(ctx: StepContext, run: dict, kinds: list[str], volumes: list[str]) -> dict:
+    """Take the lock of every target the run touches, as the run; {target: token}."""
+    settings = ctx.settings
+    return locks.acquire(
+        ctx.broker,
+        lock_names(settings, kinds, volumes),
+        run["id"],
+        settings.lock_ttl,
+        wait=float(settings.lock_wait),
+    )
