@@ -75,7 +75,10 @@ def mapping_key(cfg: EventsConfig, event_id: str) -> str:
 class Consumer:
     def __init__(self, cfg: EventsConfig, settings: Settings) -> None:
         self.cfg, self.settings = cfg, settings
-        self.events = redis.Redis.from_url(cfg.url, decode_responses=True)
+        # Bytes that are not UTF-8 become U+FFFD: such an event is rejected, not a crash.
+        self.events = redis.Redis.from_url(
+            cfg.url, decode_responses=True, encoding_errors="replace"
+        )
         self.broker = common.broker(settings)
         self.inflight: dict[str, tuple[str, str]] = {}  # event id -> (backup id, name)
         self.cursor = "0-0"  # where the scan for abandoned entries goes on
@@ -127,7 +130,7 @@ class Consumer:
     def handle(self, event_id: str, fields: dict[str, str]) -> None:
         kind, name = fields.get("type", ""), fields.get("name", "").strip()
         if kind != MIGRATION:
-            return self.drop(event_id, f"unknown event type {kind!r}")
+            return self.drop(event_id, f"unknown event type {kind[:64]!r}")
         if not name or len(name) > MAX_NAME or not name.isprintable():
             return self.drop(event_id, "migration.pending without a valid `name`")
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_ready
 
 from workers.config import _secret
 
@@ -46,3 +47,11 @@ app.conf.update(
 from workers.schedule import configure  # noqa: E402
 
 configure(app, os.environ)
+
+
+@worker_ready.connect
+def _start_reaper(**_) -> None:
+    """Runs whose worker died are ended by the workers still alive (workers/reaper.py)."""
+    from workers import reaper
+
+    reaper.start()

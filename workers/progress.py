@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import redis
+from kombu.exceptions import OperationalError
 
 from workers.units import human_bytes
 
@@ -35,17 +36,19 @@ class Progress:
     def publish(self, **fields: Any) -> None:
         fields = {k: ("" if v is None else v) for k, v in fields.items()}
         fields["updated_at"] = time.time()
-        try:
+        try:  # progress is advisory (the journal on disk is the record): a broker restart
+            # must not fail the step
             with self.client.pipeline() as pipe:
                 pipe.hset(run_key(self.run_id), mapping=fields)
                 pipe.expire(run_key(self.run_id), RUN_TTL)
                 pipe.execute()
-        except redis.RedisError:
-            pass  # progress is advisory; the journal on disk is the record
-        if self.task is not None and getattr(self.task, "request", None) and self.task.request.id:
-            meta = {"run": self.run_id, **fields}
-            self.task.update_state(state="PROGRESS", meta=meta)
-            self.task.send_event("task-progress", result=self.describe(), **meta)
+            task = self.task
+            if task is not None and getattr(task, "request", None) and task.request.id:
+                meta = {"run": self.run_id, **fields}
+                task.update_state(state="PROGRESS", meta=meta)
+                task.send_event("task-progress", result=self.describe(), **meta)
+        except (redis.RedisError, OperationalError):
+            pass
 
     def describe(self) -> str:
         done = human_bytes(self.bytes)

@@ -16,6 +16,7 @@ from workers.store.layout import Tree
 from workers.units import human_bytes
 
 SILENCE_CHECK = 15.0  # seconds without progress before asking whether a worker is alive
+BROKER_GRACE = 120.0  # seconds the broker may be unreachable (a restart) while following
 
 
 def settings() -> Settings:
@@ -49,7 +50,7 @@ def follow(client: redis.Redis, run_id: str, out=sys.stderr) -> dict:
     live = out.isatty()
     last_line, last_change, last_seen = "", time.monotonic(), None
     while True:
-        state = read_progress(client, run_id)
+        state = _read_through_restarts(client, run_id, out)
         status = state.get("status", "queued")
         line = _render(state)
         if state.get("updated_at") != last_seen:
@@ -72,6 +73,22 @@ def follow(client: redis.Redis, run_id: str, out=sys.stderr) -> dict:
                 )
             last_change = time.monotonic()
         time.sleep(0.3)
+
+
+def _read_through_restarts(client: redis.Redis, run_id: str, out) -> dict:
+    """The run's progress; a broker restarting is waited for (the run goes on meanwhile)."""
+    deadline = time.monotonic() + BROKER_GRACE
+    while True:
+        try:
+            return read_progress(client, run_id)
+        except redis.ConnectionError as exc:
+            if time.monotonic() > deadline:
+                raise BackupError(
+                    f"broker: the queue's Redis is unreachable ({exc}); run {run_id} may go on: "
+                    f"see `xiehe-backup list --all` once it is back"
+                ) from None
+            print(f"broker unreachable ({exc}); retrying", file=out, flush=True)
+            time.sleep(1.0)
 
 
 def _step_of(line: str) -> str:

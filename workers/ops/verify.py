@@ -16,7 +16,7 @@ from workers.ops import inuse
 from workers.steps.verify_backup import verify_artifact
 from workers.store import manifest as manifests
 from workers.store.codec import CorruptArtifact
-from workers.store.layout import Tree
+from workers.store.layout import Tree, is_backup_id
 
 VERIFIED, FAILED = "verified", "failed-verification"
 
@@ -47,7 +47,7 @@ def verify_backups(settings: Settings, ids: list[str] | None = None) -> dict:
     tree = Tree(settings.backup_dir)
     wanted = tree.manifest_ids() if ids is None else ids
     for backup_id in wanted:  # unknown ids fail before anything is read
-        if not tree.manifest(backup_id).exists():
+        if not is_backup_id(backup_id) or not tree.manifest(backup_id).exists():
             raise NotFound(manifests.unknown_id_message(tree, backup_id))
     client = inuse.broker(settings)
     results = []

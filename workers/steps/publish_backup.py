@@ -23,7 +23,7 @@ def publish_backup(run: dict, ctx: StepContext) -> dict:
     manifests.write(tree, manifest)  # the backup exists from this instant
     shutil.rmtree(staging, ignore_errors=True)
     if not run.get("inherit_locks"):
-        locks.release(ctx.broker, run.get("locks") or {})
+        locks.release(ctx.broker, run.pop("locks", None) or {})  # freed: never reclaimed
     return {
         "backup_id": run["id"],
         "size_bytes": manifest["size_bytes"],

@@ -8,7 +8,7 @@ from workers.store import locks
 
 
 def report_restore(run: dict, ctx: StepContext) -> dict:
-    locks.release(ctx.broker, run.get("locks") or {})
+    locks.release(ctx.broker, run.pop("locks", None) or {})  # freed: never reclaimed
     durations = {name: rec.get("duration_s") for name, rec in run["steps"].items()}
     return {
         "backup_id": run["backup_id"],

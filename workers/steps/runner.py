@@ -3,16 +3,23 @@
 A step is a plain function `fn(run, ctx) -> dict`: the run (plain JSON data, never a
 secret) in, the step's own result out.  This module is the only place that writes the
 step's record into the run and the journal, so every step is traced the same way.
+
+While a step executes it holds its run's own lock (`run:ID`, heartbeated like the target
+locks): a second delivery of the step (a duplicate, or a redelivery after its worker died)
+waits for that lock, then runs only if the journal says the run still needs the step.  A
+worker that died outright leaves the lock to expire; workers/reaper.py then ends the run.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from collections.abc import Callable
 from socket import gethostname
 
 import redis
+from celery.exceptions import Ignore
 
 from workers import config
 from workers.clock import now_iso
@@ -23,10 +30,25 @@ from workers.progress import Progress
 from workers.store import journal, locks
 
 StepFn = Callable[[dict, StepContext], dict]
+RUN_LOCK = "run:"
+ENDED = ("succeeded", "failed", "abandoned")
+log = logging.getLogger("xiehe.runner")
 
 
 def held_locks(run: dict) -> dict:
     return run.get("locks") or {}
+
+
+def run_lock(run_id: str) -> str:
+    return RUN_LOCK + run_id
+
+
+def running_step(run: dict) -> str | None:
+    """The step a run's journal says is executing, if the run is still going."""
+    if run.get("status") != "running":
+        return None
+    steps = run.get("steps") or {}
+    return next((n for n, r in steps.items() if r.get("status") == "running"), None)
 
 
 def execute(name: str, fn: StepFn, run: dict, task=None, on_failure: StepFn | None = None) -> dict:
@@ -37,8 +59,47 @@ def execute(name: str, fn: StepFn, run: dict, task=None, on_failure: StepFn | No
         settings=settings, progress=Progress(broker, run["id"], name, task), broker=broker
     )
     run = {**run, "steps": dict(run.get("steps", {}))}
+    mine = _claim(broker, ctx.tree, run, name, settings.lock_ttl)
+    try:
+        return _execute(name, fn, run, ctx, on_failure, mine)
+    finally:
+        locks.release(broker, mine)
+
+
+def _claim(broker: redis.Redis, tree, run: dict, name: str, ttl: int) -> dict:
+    """Take the run's own lock; a delivery the run no longer needs is ignored (acked)."""
+    try:
+        mine = locks.acquire(broker, [run_lock(run["id"])], run["id"], ttl, wait=ttl + 1)
+    except LockBusy:
+        why = "it is executing on another worker"
+    else:
+        why = _not_needed(journal.load(tree, run["id"]) or {}, run, name)
+        if not why:
+            return mine
+        locks.release(broker, mine)
+    log.warning("run %s: step %s delivered again and ignored: %s", run["id"], name, why)
+    raise Ignore(why)
+
+
+def _not_needed(recorded: dict, run: dict, name: str) -> str:
+    if recorded.get("status") in ENDED:
+        return f"the run already {recorded['status']}"
+    if recorded.get("steps", {}).get(name, {}).get("status") == "succeeded":
+        return "the step already succeeded (its worker passed the run on)"
+    order = run.get("plan", [])
+    later = order[order.index(name) + 1 :] if name in order else []
+    if any(step in recorded.get("steps", {}) for step in later):
+        return "a later step of the run already started"
+    return ""
+
+
+def _execute(
+    name: str, fn: StepFn, run: dict, ctx: StepContext, on_failure: StepFn | None, mine: dict
+) -> dict:
+    settings, broker = ctx.settings, ctx.broker
     order = run.get("plan", [])
     ctx.progress.begin(order.index(name) + 1 if name in order else 0, len(order))
+    task = ctx.progress.task
     worker = task.request.hostname if task is not None and task.request.hostname else None
     record = {"status": "running", "started_at": now_iso(), "worker": worker or gethostname()}
     run["steps"][name] = record
@@ -47,10 +108,12 @@ def execute(name: str, fn: StepFn, run: dict, task=None, on_failure: StepFn | No
     journal.save(ctx.tree, run)
     started = time.monotonic()
     try:
-        with locks.heartbeat(broker, held_locks(run), settings.lock_ttl) as lost:
+        # A step delivered late (its worker died) takes back its expired locks, or stops
+        # here if another run took one meanwhile.
+        _check(locks.reclaim(broker, held_locks(run), settings.lock_ttl), name)
+        with locks.heartbeat(broker, {**held_locks(run), **mine}, settings.lock_ttl) as lost:
             result = fn(run, ctx)
-        if lost:
-            raise LockBusy(f"lost the lock on {', '.join(sorted(set(lost)))} during {name}")
+        _check(lost, name)
     except Exception as exc:
         record.update(
             status="failed", error=_describe(exc), duration_s=_since(started), finished_at=now_iso()
@@ -83,6 +146,11 @@ def execute(name: str, fn: StepFn, run: dict, task=None, on_failure: StepFn | No
     if run["status"] == "succeeded":
         ctx.progress.publish(status="succeeded", step=name, result_id=run["id"])
     return run
+
+
+def _check(lost: list[str], name: str) -> None:
+    if lost:
+        raise LockBusy(f"lost the lock on {', '.join(sorted(set(lost)))} during {name}")
 
 
 def _since(started: float) -> float:

@@ -3,6 +3,8 @@
 A lock is a key holding a random token; only the holder's token may extend or release it,
 so a run that lost its lock (it stalled past the TTL) cannot free someone else's.  After a
 crash nobody heartbeats and the lock expires by itself: no stale lock survives a crash.
+A step delivered again after its worker died takes back its expired locks (`reclaim`)
+if nobody else took them meanwhile.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from workers.errors import LockBusy
 PREFIX = "xiehe:lock:"
 _EXTEND = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0"""
+_RECLAIM = """
+local held = redis.call('get', KEYS[1])
+if held == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if not held then return redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) and 1 or 0 end
 return 0"""
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
@@ -59,7 +66,16 @@ def acquire(client: redis.Redis, targets: Iterable[str], owner: str, ttl: int, w
 
 def extend(client: redis.Redis, locks: dict, ttl: int) -> list[str]:
     """Extend every lock still ours; return the targets whose lock was lost."""
-    script = client.register_script(_EXTEND)
+    return _run_each(client, _EXTEND, locks, ttl)
+
+
+def reclaim(client: redis.Redis, locks: dict, ttl: int) -> list[str]:
+    """Extend our locks, taking back those that expired; return the targets another took."""
+    return _run_each(client, _RECLAIM, locks, ttl)
+
+
+def _run_each(client: redis.Redis, source: str, locks: dict, ttl: int) -> list[str]:
+    script = client.register_script(source)
     return [
         t for t, token in locks.items() if not script(keys=[lock_key(t)], args=[token, ttl * 1000])
     ]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from workers.errors import NotFound
 from workers.store import atomic
-from workers.store.layout import Tree
+from workers.store.layout import Tree, is_backup_id
 
 FORMAT = 1
 
@@ -95,6 +95,8 @@ def write(tree: Tree, manifest: dict) -> Path:
 
 
 def read(tree: Tree, backup_id: str) -> dict:
+    if not is_backup_id(backup_id):  # no path is built from a user's junk ("../", 10 kB)
+        raise NotFound(unknown_id_message(tree, backup_id))
     path = tree.manifest(backup_id)
     try:
         return json.loads(path.read_text())
@@ -124,9 +126,10 @@ def unknown_id_message(tree: Tree, backup_id: str) -> str:
     ids = tree.manifest_ids()
     nearest = sorted(ids, key=lambda i: abs(_num(i) - _num(backup_id)))[:3]
     hint = f"; nearest: {', '.join(sorted(nearest))}" if nearest else "; there are no backups yet"
-    return f"unknown backup id {backup_id!r}{hint} (see `xiehe-backup list`)"
+    shown = backup_id if len(backup_id) <= 40 else backup_id[:40] + "..."
+    return f"unknown backup id {shown!r}{hint} (see `xiehe-backup list`)"
 
 
 def _num(backup_id: str) -> int:
-    digits = "".join(ch for ch in backup_id if ch.isdigit())
+    digits = "".join(ch for ch in backup_id if ch.isdigit())[:14]  # YYYYMMDDHHMMSS
     return int(digits or 0)
