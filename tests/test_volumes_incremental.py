@@ -140,3 +140,29 @@ def test_odd_names_are_archived_in_full(engine, new_volume, tmp_path):
     assert "two\nlines" in state
     second, _ = backup(engine, name, tmp_path / "b2", "b2", previous=first_artifact)
     assert second["reused_files"] == 0 and second["manifest_sha256"] == first["manifest_sha256"]
+
+
+def test_previous_artifact_is_the_newest_verified_unencrypted_zstd_one(tmp_path):
+    from workers.steps.archive_volumes import previous_artifact
+    from workers.store import manifest
+    from workers.store.layout import Tree
+
+    tree = Tree(tmp_path)
+    tree.ensure()
+
+    def publish(backup_id: str, status: str = "verified", **artifact) -> str:
+        file = f"uploads_{backup_id}.tar.zst"
+        (tmp_path / "volumes" / file).write_bytes(b"x" * 10)
+        record = {"kind": "volume", "source": "uploads", "path": f"volumes/{file}"}
+        record |= {"compression": "zstd", "encrypted": False, "size_bytes": 10, **artifact}
+        manifest.write(tree, {"id": backup_id, "status": status, "artifacts": [record]})
+        return file
+
+    assert previous_artifact(tree, "uploads") is None
+    good = publish("20260101_000000")
+    publish("20260102_000000", status="failed-verification")
+    publish("20260103_000000", encrypted=True)
+    publish("20260104_000000", compression="gzip")
+    publish("20260105_000000", size_bytes=11)  # truncated on disk
+    assert previous_artifact(tree, "uploads") == tmp_path / "volumes" / good
+    assert previous_artifact(tree, "other") is None
