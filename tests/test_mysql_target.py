@@ -291,3 +291,72 @@ def test_least_privilege_users(tmp_path, names, source, users):
     mysql.restore(users["restore"], artifact, names["copy"], None, lambda n: None)
     assert mysql.checksums(ROOT, names["copy"]) == expected
     assert mysql.objects(ROOT, names["copy"]) == mysql.objects(ROOT, source)
+
+
+RELATED = [
+    """CREATE TABLE ward (
+        code VARCHAR(20) PRIMARY KEY, title VARCHAR(100) NOT NULL, UNIQUE KEY uk_title (title)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    """CREATE TABLE bed (
+        id INT PRIMARY KEY, ward_code VARCHAR(20) NOT NULL, label VARCHAR(600),
+        KEY idx_label (label(20)), KEY idx_ward_id (ward_code, id),
+        CONSTRAINT fk_bed_ward FOREIGN KEY (ward_code) REFERENCES ward (code)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    """CREATE TABLE stay (
+        id BIGINT PRIMARY KEY, bed_id INT NOT NULL, note TEXT, FULLTEXT KEY ft_note (note),
+        CONSTRAINT fk_stay_bed FOREIGN KEY (bed_id) REFERENCES bed (id) ON DELETE CASCADE
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    "INSERT INTO ward SELECT CONCAT('W-', seq), CONCAT('病区 ', seq) FROM seq_1_to_300",
+    """INSERT INTO bed SELECT seq, CONCAT('W-', 1 + seq % 300), REPEAT(CONCAT('床', seq), 60)
+        FROM seq_1_to_8000""",
+    "INSERT INTO stay SELECT seq, 1 + seq % 8000, REPEAT('住院 stay ', 40) FROM seq_1_to_12000",
+    """CREATE TRIGGER bed_count AFTER INSERT ON bed FOR EACH ROW
+        UPDATE ward SET title = CONCAT(title, '+') WHERE code = NEW.ward_code""",
+]
+
+
+def test_parallel_load_of_related_tables_with_secondary_indexes(tmp_path, names):
+    """Rows of several tables (several statements each) load over 3 connections at once:
+    the copy has the same rows, the same keys and constraints, and no trigger fired."""
+    db = names["src"]
+    sql(f"CREATE DATABASE `{db}` CHARACTER SET utf8mb4")
+    for statement in RELATED:
+        sql(statement, db)
+    settings = replace(ROOT, databases=(db,), parallel=3)
+    result = dump(tmp_path, settings)
+    recorded = result["databases"][db]["tables"]
+    artifact = artifact_of(tmp_path, result, db)
+    plain = subprocess.run(["zstd", "-dc", str(artifact)], capture_output=True, check=True)
+    assert plain.stdout.count(b"\nINSERT INTO `stay`") > 2  # spread over the connections
+
+    mysql.restore(settings, artifact, names["copy"], None, lambda n: None)
+    load_by_hand(artifact, db, names["hand"])
+    for copy in (names["copy"], names["hand"]):
+        assert mysql.checksums(ROOT, copy) == recorded
+        for table in ("ward", "bed", "stay"):
+            assert sql(f"SHOW CREATE TABLE `{table}`", copy) == sql(
+                f"SHOW CREATE TABLE `{table}`", db
+            )
+        assert sql("SELECT COUNT(*) FROM ward WHERE title LIKE '%+'", copy) == [(0,)]
+        with pytest.raises(pymysql.err.IntegrityError):  # the constraints hold again
+            sql("INSERT INTO stay (id, bed_id) VALUES (99999, 424242)", copy)
+        sql("DELETE FROM bed WHERE id = 1", copy)  # ON DELETE CASCADE survived
+        assert sql("SELECT COUNT(*) FROM stay WHERE bed_id = 1", copy) == [(0,)]
+
+
+def test_failed_row_names_the_table_never_the_values(tmp_path, names):
+    db = names["src"]
+    sql(f"CREATE DATABASE `{db}` CHARACTER SET utf8mb4")
+    sql("CREATE TABLE secret (patient_no VARCHAR(40) PRIMARY KEY, n INT)", db)
+    sql("INSERT INTO secret VALUES ('P-王五-0042', 1), ('P-other', 2)", db)
+    result = dump(tmp_path, replace(ROOT, databases=(db,)), Codec("none"))
+    artifact = artifact_of(tmp_path, result, db)
+    text = artifact.read_bytes()
+    insert = text[text.index(b"INSERT INTO `secret`") :].split(b"\n", 1)[0] + b"\n"
+    broken = tmp_path / "broken.sql"
+    broken.write_bytes(text.replace(insert, insert + insert))  # every key twice
+    with pytest.raises(TargetError) as err:
+        mysql.restore(replace(ROOT, parallel=2), broken, names["copy"], None, lambda n: None)
+    message = str(err.value)
+    assert "`secret`" in message and "Duplicate entry" in message
+    assert "王五" not in message and "P-other" not in message

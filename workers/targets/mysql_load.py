@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -23,6 +26,14 @@ from workers.targets.mysql_common import (
 
 _CREATE_DB = re.compile(rb"^CREATE DATABASE IF NOT EXISTS (`(?:[^`]|``)+`)(.*)$", re.S)
 _USE = b"USE "
+_CREATE_DATABASE = b"CREATE DATABASE "
+_INSERT = b"INSERT INTO "
+_TABLE_DDL = (b"DROP TABLE IF EXISTS ", b"CREATE TABLE ")
+# The key or column a server error names, e.g. "for key 'patient_no'"; never a value.
+_NAMED = re.compile(r"(?:key|column) '[^']*'(?: at row \d+)?$")
+ER_LOCK_DEADLOCK = 1213
+DEADLOCK_RETRIES = 3
+QUEUE_STATEMENTS = 4  # of at most ~1 MiB each (the dumper's STATEMENT_BYTES)
 
 
 def _check_complete(artifact: Path, identity_file: Path | None) -> None:
@@ -73,9 +84,132 @@ def _statements(stream: BinaryIO, target: str, seen: dict) -> Iterator[tuple[int
             yield number, line[:-2]
 
 
+def _table_of(statement: bytes) -> str:
+    """The table an INSERT loads, as quoted in the dump."""
+    return statement[len(_INSERT) :].split(b" ", 1)[0].decode(errors="replace")
+
+
 def _what(statement: bytes) -> str:
     """The start of a statement, for an error message (never row values)."""
-    return statement.split(b" VALUES ", 1)[0][:120].decode(errors="replace")
+    if statement.startswith(_INSERT):
+        return f"rows of table {_table_of(statement)}"
+    return statement[:120].decode(errors="replace")
+
+
+def _why(statement: bytes, exc: pymysql.err.MySQLError) -> str:
+    """The server's complaint; for rows only its wording and the key or column it names,
+    since it quotes the offending values (a duplicate patient number, a name)."""
+    code, message = exc.args[0], str(exc.args[-1])
+    if not statement.startswith(_INSERT):
+        return message
+    wording = message.split("'", 1)[0].strip()
+    named = _NAMED.search(message)
+    return f"error {code}: {wording}" + (f" ({named.group(0)})" if named else "")
+
+
+class _Failed(Exception):
+    def __init__(self, number: int, statement: bytes, exc: pymysql.err.MySQLError) -> None:
+        super().__init__(f"line {number} ({_what(statement)}): {_why(statement, exc)}")
+
+
+def _run(conn: pymysql.Connection, number: int, statement: bytes) -> None:
+    for attempt in range(DEADLOCK_RETRIES + 1):
+        try:
+            conn.query(statement)
+            return
+        except pymysql.err.MySQLError as exc:
+            # Concurrent INSERTs into one table can deadlock on index gaps; the server
+            # rolled the statement back whole, so running it again is safe.
+            if exc.args[0] != ER_LOCK_DEADLOCK or attempt == DEADLOCK_RETRIES:
+                raise _Failed(number, statement, exc) from None
+
+
+class _Pool:
+    """Connections that run INSERTs in any order (rows of one table or of several); the
+    queue is bounded, so at most `parallel` + QUEUE_STATEMENTS statements are in memory."""
+
+    def __init__(self, settings: MySQLSettings, header: list[tuple[int, bytes]]) -> None:
+        self.queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue(QUEUE_STATEMENTS)
+        self.error: BaseException | None = None
+        self.conns: list[pymysql.Connection] = []
+        self.threads: list[threading.Thread] = []
+        try:
+            for _ in range(settings.parallel):
+                self.conns.append(connect(settings))
+                _fast_session(self.conns[-1])
+                for number, statement in header:  # the same session as the main connection
+                    _run(self.conns[-1], number, statement)
+        except BaseException:
+            self.close()
+            raise
+        for conn in self.conns:
+            self.threads.append(threading.Thread(target=self._work, args=(conn,), daemon=True))
+            self.threads[-1].start()
+
+    def _work(self, conn: pymysql.Connection) -> None:
+        while (item := self.queue.get()) is not None:
+            try:
+                if not self.error:  # after a failure the rest is drained, not loaded
+                    _run(conn, *item)
+            except BaseException as exc:  # raised by the reader at its next submit or wait
+                self.error = self.error or exc
+            finally:
+                self.queue.task_done()
+        self.queue.task_done()
+
+    def _raise(self) -> None:
+        if self.error:
+            raise self.error
+
+    def submit(self, number: int, statement: bytes) -> None:
+        self._raise()
+        self.queue.put((number, statement))
+
+    def wait(self) -> None:
+        """Until every submitted statement has run; raises the first failure."""
+        self.queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        for _ in self.threads:
+            self.queue.put(None)
+        for thread in self.threads:
+            thread.join()
+        for conn in self.conns:
+            with contextlib.suppress(Exception):  # closing a broken connection: best effort
+                conn.close()
+
+
+def _load(
+    settings: MySQLSettings,
+    conn: pymysql.Connection,
+    statements: Iterator[tuple[int, bytes]],
+    progress: Callable[[int], None],
+) -> None:
+    """Run the dump: the header and DDL on `conn`, the rows of every table on a pool,
+    concurrently; any other statement after the header (views, routines, triggers, events,
+    the footer) first waits for all rows, so no trigger fires on a loaded row."""
+    header: list[tuple[int, bytes]] = []  # session settings, replayed on each pool connection
+    in_header = True
+    pool: _Pool | None = None
+    try:
+        for number, statement in statements:
+            if statement.startswith(_INSERT):
+                pool = pool or _Pool(settings, header)
+                pool.submit(number, statement)
+            else:
+                in_header = in_header and not statement.startswith(_TABLE_DDL)
+                if in_header and not statement.startswith(_CREATE_DATABASE):
+                    header.append((number, statement))
+                elif pool and not statement.startswith(_TABLE_DDL):
+                    pool.wait()
+                _run(conn, number, statement)
+            progress(len(statement) + 2)
+        if pool:
+            pool.wait()
+    finally:
+        if pool:
+            pool.close()
 
 
 def _disable_events(conn: pymysql.Connection, database: str) -> None:
@@ -106,17 +240,11 @@ def restore(
         _fast_session(conn)
         conn.query(f"DROP DATABASE IF EXISTS {qi(database)}")
         with open_plain(artifact, identity_file) as stream:
-            for number, statement in _statements(stream, database, seen):
-                try:
-                    conn.query(statement)
-                except pymysql.err.MySQLError as exc:
-                    raise TargetError(
-                        "mysql",
-                        f"{artifact.name} line {number} ({_what(statement)}): {exc.args[-1]}",
-                    ) from None
-                progress(len(statement) + 2)
+            _load(settings, conn, _statements(stream, database, seen), progress)
         if seen.get("source") != qi(database).encode():
             _disable_events(conn, database)
+    except _Failed as exc:
+        raise TargetError("mysql", f"{artifact.name} {exc}") from None
     except (ValueError, CorruptArtifact) as exc:
         raise TargetError("mysql", f"{artifact.name} is damaged: {exc}") from None
     finally:
