@@ -21,6 +21,7 @@ import json
 import os
 import tarfile
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -283,7 +284,9 @@ def _archive_framed(
     artifact = out_dir / f"{name}_{backup_id}.tar"
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".list-") as tmp:
+        start = time.monotonic()
         listing, note = _list(helper, name, Path(tmp))
+        listed = time.monotonic()
         result = None
         if listing and previous:
             try:
@@ -293,7 +296,13 @@ def _archive_framed(
                 note = f"previous artifact not reused ({exc}): read in full"
         if result is None:
             result = _full(helper, name, artifact, codec, progress, listing)
-    return {**result, "previous": previous.name if previous else None, "note": note}
+    seconds = {"list": round(listed - start, 3), "archive": round(time.monotonic() - listed, 3)}
+    return {
+        **result,
+        "previous": previous.name if previous else None,
+        "note": note,
+        "seconds": seconds,
+    }
 
 
 def _list(helper, name: str, tmp: Path) -> tuple[vi.Listing | None, str | None]:
