@@ -223,9 +223,10 @@ def test_truncated_artifact_is_refused_before_anything_is_dropped(tmp_path, name
 
     zst = artifact_of(tmp_path, dump(tmp_path, replace(ROOT, databases=(source,))), source)
     cut_frame = tmp_path / "cut.sql.zst"
-    cut_frame.write_bytes(zst.read_bytes()[: zst.stat().st_size // 2])
-    with pytest.raises(TargetError, match="truncated"):
-        mysql.restore(ROOT, cut_frame, source, None, lambda n: None)
+    for size in (zst.stat().st_size // 2, zst.stat().st_size - 3, 0):  # the last checksum
+        cut_frame.write_bytes(zst.read_bytes()[:size])
+        with pytest.raises(TargetError, match="truncated"):
+            mysql.restore(ROOT, cut_frame, source, None, lambda n: None)
     assert mysql.checksums(ROOT, source) == result["databases"][source]["tables"]
 
 

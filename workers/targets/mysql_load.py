@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import re
 import threading
@@ -14,7 +15,7 @@ import pymysql
 
 from workers.config import MySQLSettings
 from workers.errors import TargetError
-from workers.store.codec import CorruptArtifact, open_plain, read_plain
+from workers.store.codec import CorruptArtifact, codec_of, open_plain, read_plain
 from workers.targets.mysql_common import (
     BLOCK,
     COMPLETED,
@@ -32,13 +33,49 @@ _TABLE_DDL = (b"DROP TABLE IF EXISTS ", b"CREATE TABLE ")
 # The key or column a server error names, e.g. "for key 'patient_no'"; never a value.
 _NAMED = re.compile(r"(?:key|column) '[^']*'(?: at row \d+)?$")
 ER_LOCK_DEADLOCK = 1213
+ZSTD_MAGIC = 0xFD2FB528
+ZSTD_SKIPPABLE = 0x184D2A50  # 0x184D2A50..5F
 DEADLOCK_RETRIES = 3
 QUEUE_STATEMENTS = 4  # of at most ~1 MiB each (the dumper's STATEMENT_BYTES)
 
 
+def _zstd_frames_complete(artifact: Path) -> bool:
+    """Whether an unencrypted zstd file is a sequence of whole frames, walked by their
+    block headers without decompressing (the zstd format, RFC 8878): a file cut anywhere
+    fails.  Damage inside a block is left to the load (and to the restore's preflight,
+    which verifies every artifact's sha256 first)."""
+    with open(artifact, "rb", buffering=0) as fh:  # a few bytes per block: no read-ahead
+        end = os.fstat(fh.fileno()).st_size
+        while fh.tell() < end:
+            magic = int.from_bytes(fh.read(4), "little")
+            if magic & 0xFFFFFFF0 == ZSTD_SKIPPABLE:
+                fh.seek(int.from_bytes(fh.read(4), "little"), os.SEEK_CUR)
+                continue
+            if magic != ZSTD_MAGIC:
+                return False
+            (descriptor,) = fh.read(1) or b"\xff"  # reserved bit set: not a frame
+            single, has_sum = descriptor >> 5 & 1, descriptor >> 2 & 1
+            fcs = (single, 2, 4, 8)[descriptor >> 6]
+            fh.seek((not single) + (0, 1, 2, 4)[descriptor & 3] + fcs, os.SEEK_CUR)
+            last = 0
+            while not last:
+                header = int.from_bytes(fh.read(3).ljust(3, b"\xff"), "little")
+                last, kind, size = header & 1, header >> 1 & 3, header >> 3
+                if kind == 3:  # reserved: not a block (or the file ended)
+                    return False
+                fh.seek(1 if kind == 1 else size, os.SEEK_CUR)
+            fh.seek(4 * has_sum, os.SEEK_CUR)
+        return 0 < fh.tell() == end
+
+
 def _check_complete(artifact: Path, identity_file: Path | None) -> None:
-    """Read the artifact to its end before anything is dropped: a truncated or corrupt
-    file must not cost the database it was meant to restore."""
+    """Make sure the artifact is whole before anything is dropped: a truncated file must
+    not cost the database it was meant to restore.  An unencrypted zstd file is checked by
+    its frame structure (cheap); any other is read to its '-- Dump completed' line."""
+    if codec_of(artifact) == ("zstd", False):
+        if not _zstd_frames_complete(artifact):
+            raise TargetError("mysql", f"{artifact.name} is truncated or not a zstd file")
+        return
     tail = b""
     for chunk in read_plain(artifact, identity_file):
         tail = (tail + chunk)[-len(COMPLETED) - 1 :]
