@@ -166,3 +166,30 @@ def test_previous_artifact_is_the_newest_verified_unencrypted_zstd_one(tmp_path)
     publish("20260105_000000", size_bytes=11)  # truncated on disk
     assert previous_artifact(tree, "uploads") == tmp_path / "volumes" / good
     assert previous_artifact(tree, "other") is None
+
+
+def test_types_swapped_and_links_into_new_dirs_match_a_full_archive(engine, new_volume, tmp_path):
+    name = new_volume()
+    run_in(engine, name, FILL + "printf f > was-file && mkdir was-dir && printf g > was-dir/g")
+    settle()
+    _, first_artifact = backup(engine, name, tmp_path / "b1", "b1")
+    run_in(
+        engine,
+        name,
+        """set -e; cd /target
+        rm was-file && mkdir was-file && printf h > was-file/h
+        rm -r was-dir && printf d > was-dir
+        mkdir -p new/deep && ln 'dicom/影像 2024/IM9.dcm' new/deep/IM9-link
+        ln -s ../notes new/notes-link && rm IM5-hardlink""",
+    )
+    settle()
+    state = volumes.file_inventory(engine, name, HELPER)
+    assert state["new/deep/IM9-link"]["type"] == "hardlink"
+    second, artifact = backup(engine, name, tmp_path / "b2", "b2", previous=first_artifact)
+    full, _ = backup(engine, name, tmp_path / "full", "full")
+    # IM5 and IM9 changed link counts, hence ctime: read again; the others and 4 notes copied.
+    assert second["reused_files"] == BIG_FILES - 2 + len(NOTES)
+    assert second["manifest_sha256"] == full["manifest_sha256"] == volumes.manifest_sha256(state)
+    target = new_volume(create=False)
+    volumes.restore(engine, target, artifact, HELPER)
+    assert volumes.file_inventory(engine, target, HELPER) == state
