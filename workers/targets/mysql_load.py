@@ -9,13 +9,12 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import pymysql
 
 from workers.config import MySQLSettings
 from workers.errors import TargetError
-from workers.store.codec import CorruptArtifact, codec_of, open_plain, read_plain
+from workers.store.codec import CorruptArtifact, codec_of, read_plain
 from workers.targets.mysql_common import (
     BLOCK,
     COMPLETED,
@@ -92,7 +91,35 @@ def _fast_session(conn: pymysql.Connection) -> None:
             raise
 
 
-def _statements(stream: BinaryIO, target: str, seen: dict) -> Iterator[tuple[int, bytes]]:
+class _Reader:
+    """readline() and read(n) straight over plaintext chunks: a dump's lines are up to a
+    MiB long, and a buffered file object over the chunks copies them several times."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks, self.buf, self.pos = chunks, b"", 0
+
+    def _more(self) -> bool:
+        chunk = next(self.chunks, b"")
+        self.buf, self.pos = self.buf[self.pos :] + chunk, 0
+        return bool(chunk)
+
+    def readline(self) -> bytes:
+        scanned = self.pos
+        while (end := self.buf.find(b"\n", scanned)) < 0:
+            scanned = len(self.buf) - self.pos
+            if not self._more():
+                return self.read(len(self.buf) - self.pos)
+        return self.read(end + 1 - self.pos)
+
+    def read(self, size: int) -> bytes:
+        while len(self.buf) - self.pos < size and self._more():
+            pass
+        out = self.buf[self.pos : self.pos + size]
+        self.pos += len(out)
+        return out
+
+
+def _statements(stream: _Reader, target: str, seen: dict) -> Iterator[tuple[int, bytes]]:
     """(line number, statement) pairs of a dump; the CREATE DATABASE and USE lines are
     pointed at `target` (the quoted source name goes to seen["source"]).  Raises ValueError
     on a malformed or cut-short stream."""
@@ -276,8 +303,8 @@ def restore(
     try:
         _fast_session(conn)
         conn.query(f"DROP DATABASE IF EXISTS {qi(database)}")
-        with open_plain(artifact, identity_file) as stream:
-            _load(settings, conn, _statements(stream, database, seen), progress)
+        stream = _Reader(read_plain(artifact, identity_file))
+        _load(settings, conn, _statements(stream, database, seen), progress)
         if seen.get("source") != qi(database).encode():
             _disable_events(conn, database)
     except _Failed as exc:
