@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import shlex
 import shutil
 import socket
@@ -22,6 +23,7 @@ import ssl
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -51,7 +53,10 @@ READ_TIMEOUT = 120  # s without a byte from the master (it sends "\n" keepalives
 SAVE_TIMEOUT = 3600  # s for a BGSAVE of a large dataset
 READY_TIMEOUT = 600  # s for a (re)started server to load its RDB
 STOP_TIMEOUT = 60  # s for Redis to shut down cleanly (it may fsync or save on SIGTERM)
+CHILDREN = ("rdb_bgsave_in_progress", "aof_rewrite_in_progress", "module_fork_in_progress")
+POLL_MAX = 0.1  # s between two polls of a long save: its end is seen this late at most
 BATCH = 500  # keys per DUMP/RESTORE pipeline round trip
+PIPELINE_DEPTH = 8  # chunks (of up to CHUNK bytes) read ahead of the compression
 
 Progress = Callable[[int], None]  # called with the bytes moved since the last call
 Emit = Callable[[bytes], None]
@@ -135,6 +140,49 @@ class _Sink:
         self._progress(len(data))
 
 
+class _Stopped(Exception):
+    """Raised in the reading thread when the consumer gave up."""
+
+
+def _pipelined(produce: Callable[[Emit], None], emit: Emit) -> None:
+    """produce(put) in a thread (the network or Docker read), emit (check, compress,
+    store) here: reading overlaps compressing.  At most PIPELINE_DEPTH chunks wait in
+    between, so memory stays flat; an error on either side ends both and is raised here."""
+    chunks: queue.Queue = queue.Queue(maxsize=PIPELINE_DEPTH)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def put(data: bytes) -> None:
+        if stop.is_set():
+            raise _Stopped
+        chunks.put(data)
+
+    def read() -> None:
+        try:
+            produce(put)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed over to the caller's thread
+            failure.append(exc)
+        finally:
+            chunks.put(None)
+
+    thread = threading.Thread(target=read, name="redis-read", daemon=True)
+    thread.start()
+    try:
+        while (data := chunks.get()) is not None:
+            emit(data)
+    except BaseException:
+        stop.set()
+        while chunks.get() is not None:  # unblock the reader, which then stops
+            pass
+        raise
+    finally:
+        thread.join()
+    if failure:
+        raise failure[0]
+
+
 def snapshot(
     settings: RedisSettings,
     docker,  # docker.DockerClient | None
@@ -216,7 +264,7 @@ def _fetch_rdb(url: str, emit: Emit) -> None:
             with suppress(redis.ResponseError):
                 _command(sock, reader, "REPLCONF", "rdb-only", "1")
             sock.sendall(b"SYNC\r\n")
-            _read_payload(reader, emit)
+            _pipelined(lambda put: _read_payload(reader, put), emit)
         finally:
             sock.close()
 
@@ -278,47 +326,41 @@ def _container(settings: RedisSettings, docker):
 
 
 def _bgsave(client: redis.Redis) -> None:
-    """BGSAVE (or join the save already running) and wait until it wrote the RDB."""
-    before = int(client.lastsave().timestamp())
-    # LASTSAVE counts whole seconds: a save ending in the same second as the previous one
-    # would look like no save at all.
-    while int(time.time()) <= before:
-        time.sleep(0.05)
+    """BGSAVE (after any save already running) and wait until it wrote the RDB.
+
+    The BGSAVE reply says whether our fork started; then its end is the end of the
+    running save in INFO, polled every few ms (LASTSAVE counts whole seconds: waiting for
+    it to tick cost up to a second per snapshot)."""
+    client.set_response_callback("BGSAVE", lambda reply, **_: _text(reply))
     deadline = time.monotonic() + SAVE_TIMEOUT
     while True:
         try:
-            client.bgsave(schedule=True)  # SCHEDULE: wait for a running AOF rewrite
-            break
+            started = "started" in client.bgsave(schedule=True)
         except redis.ResponseError as exc:
             if "already in progress" not in str(exc):
                 raise
-        # Another save is running; if it writes the RDB it is ours, else (a replication
-        # save to a socket) ask again once it is done.
-        if _wait_save(client, before, deadline):
+            # Another save (maybe a replica's, to a socket) began before us: ours after it.
+            started = False
+        # Not started (scheduled after an AOF rewrite, or refused): ask again once no child
+        # runs; a scheduled save that began meanwhile refuses ours until it ends.
+        info = _wait_idle(client, deadline, ("rdb_bgsave_in_progress",) if started else CHILDREN)
+        if started:
+            if info["rdb_last_bgsave_status"] != "ok":
+                raise TargetError("redis", "BGSAVE failed: see the Redis log (disk full?)")
             return
-    if not _wait_save(client, before, deadline):
-        raise TargetError("redis", "BGSAVE finished without writing the RDB")
 
 
-def _wait_save(client: redis.Redis, before: int, deadline: float) -> bool:
-    """Wait until no save runs; True if one wrote the RDB after `before`."""
-    seen_running = False
-    delay = 0.05
-    while time.monotonic() < deadline:
+def _wait_idle(client: redis.Redis, deadline: float, running: tuple[str, ...]) -> dict:
+    """Poll INFO persistence until none of its `running` flags is set; return that INFO."""
+    delay = 0.005
+    while True:
         info = client.info("persistence")
-        running = info["rdb_bgsave_in_progress"] == 1
-        seen_running = seen_running or running
-        if not running and int(client.lastsave().timestamp()) > before:
-            if info["rdb_last_bgsave_status"] != "ok":
-                raise TargetError("redis", "BGSAVE failed: see the Redis log (disk full?)")
-            return True
-        if not running and seen_running:
-            if info["rdb_last_bgsave_status"] != "ok":
-                raise TargetError("redis", "BGSAVE failed: see the Redis log (disk full?)")
-            return False
+        if not any(info.get(flag) for flag in running):
+            return info
+        if time.monotonic() > deadline:
+            raise TargetError("redis", f"BGSAVE did not finish within {SAVE_TIMEOUT} s")
         time.sleep(delay)
-        delay = min(delay * 2, 1.0)
-    raise TargetError("redis", f"BGSAVE did not finish within {SAVE_TIMEOUT} s")
+        delay = min(delay * 1.5, POLL_MAX)
 
 
 def _tar_reader(container, path: PurePosixPath) -> tarfile.TarFile:
@@ -328,19 +370,23 @@ def _tar_reader(container, path: PurePosixPath) -> tarfile.TarFile:
     except Exception as exc:  # docker.errors.NotFound / APIError
         raise TargetError("redis", f"cannot read {path} in the container: {exc}") from None
     raw = io.BufferedReader(ChunkStream(iter(stream)), CHUNK)
-    return tarfile.open(fileobj=raw, mode="r|")
+    return tarfile.open(fileobj=raw, mode="r|", bufsize=CHUNK)  # the default reads 10 KB
 
 
 def _copy_out(container, path: PurePosixPath, emit: Emit) -> None:
     """Stream the single file member of get_archive(path) into emit."""
-    try:
+
+    def read(put: Emit) -> None:
         with _tar_reader(container, path) as tar:
             member = tar.next()
             if member is None or not member.isfile():
                 raise TargetError("redis", f"{path} in the container is not a regular file")
             src = tar.extractfile(member)
             while chunk := src.read(CHUNK):
-                emit(chunk)
+                put(chunk)
+
+    try:
+        _pipelined(read, emit)
     except (tarfile.TarError, urllib3.exceptions.HTTPError, OSError) as exc:
         raise TargetError("redis", f"copying {path} out of the container failed: {exc}") from None
 
