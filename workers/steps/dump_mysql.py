@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pymysql
+
 from workers.context import StepContext
+from workers.errors import TargetError
 from workers.steps.staging import expected_bytes, fresh_dir, with_paths
 from workers.targets import mysql
 
@@ -15,5 +18,12 @@ def dump_mysql(run: dict, ctx: StepContext) -> dict:
         settings = replace(settings, databases=tuple(run["databases"]))
     ctx.progress.total = expected_bytes(ctx.tree, "mysql")
     out_dir = fresh_dir(ctx.tree.staging_dir(run["id"], "mysql"))
-    result = mysql.dump(settings, out_dir, run["id"], ctx.codec, ctx.progress.add)
+    try:
+        result = mysql.dump(settings, out_dir, run["id"], ctx.codec, ctx.progress.add)
+    except (pymysql.err.Error, AttributeError) as exc:  # pymysql: a closed socket mid-read
+        raise TargetError(
+            "mysql",
+            f"the server at {settings.host}:{settings.port} stopped answering during the dump "
+            f"({type(exc).__name__}: {exc})",
+        ) from None
     return {**result, "artifacts": with_paths(result["artifacts"])}
