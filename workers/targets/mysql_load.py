@@ -1,4 +1,13 @@
-"""Load a dump made by mysql_dump into a database, possibly under another name."""
+"""Load a dump made by mysql_dump into a database, possibly under another name.
+
+The dump is read once, as a stream: its header and DDL run on one connection, while the
+INSERTs of every table (1 MiB each) go through a bounded queue to `settings.parallel`
+connections that run them in any order, with the header's session settings (no unique or
+foreign key checks, no binary log when allowed).  Views, routines, triggers and events
+wait for every row.  Measured on the reference set and not done: deferring secondary
+indexes (ALTER TABLE ADD INDEX after the rows), grouping INSERTs into transactions and
+SET NAMES binary were no faster there.
+"""
 
 from __future__ import annotations
 
