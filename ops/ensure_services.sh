@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(docker.io busybox-static zstd mydumper restic age mariadb-client redis-server redis-tools)
+DEBS=(docker.io busybox-static zstd mydumper restic age mariadb-client redis-server redis-tools docker-compose debootstrap)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
