@@ -12,6 +12,7 @@ worker that died outright leaves the lock to expire; workers/reaper.py then ends
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 import traceback
@@ -126,7 +127,10 @@ def _execute(
                 run["recovery"] = {"error": _describe(cleanup_exc)}
         if not run.get("inherit_locks"):  # a nested run's locks are its parent's to free
             locks.release(broker, held_locks(run))
-        journal.save(ctx.tree, run)
+        try:
+            journal.save(ctx.tree, run)
+        except OSError as journal_exc:  # a full disk: the failure must still be reported
+            record["error"] += f"; the run journal could not be written: {journal_exc.strerror}"
         alerts.notify_failure(run, ctx)  # never raises: an alert must not hide the cause
         ctx.progress.publish(
             status="failed", step=name, error=record["error"], recovery=_recovery_hint(run)
@@ -160,6 +164,9 @@ def _since(started: float) -> float:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, BackupError):
         return str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        root = config.load().backup_dir
+        return f"disk full: no space left on the backup disk {root}; free space or prune"
     frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" (at {frame[0].filename.rsplit('/', 1)[-1]}:{frame[0].lineno})" if frame else ""
     return f"{type(exc).__name__}: {exc}{where}"

@@ -122,9 +122,7 @@ class ArtifactWriter:
         below = self._encryptor or self._disk
         if codec.compression == "zstd":
             # A checksum per frame lets a frame copied into a later artifact prove itself.
-            cctx = zstandard.ZstdCompressor(
-                level=codec.zstd_level, threads=-1, write_checksum=True
-            )
+            cctx = zstandard.ZstdCompressor(level=codec.zstd_level, threads=-1, write_checksum=True)
             self._top = cctx.stream_writer(below, closefd=False)
         elif codec.compression == "gzip":
             self._top = gzip.GzipFile(fileobj=below, mode="wb", compresslevel=6, mtime=0)
@@ -187,14 +185,16 @@ class ArtifactWriter:
         """Finish the streams and fsync; the artifact stays `.partial` until commit()."""
         if not self._closed:
             self._closed = True
-            ends_frame = self._frame_open or not self._framed  # no empty frame after the last
-            if self._top not in (self._encryptor, self._disk) and ends_frame:
-                self._top.close()
-            if self._encryptor:
-                self._encryptor.close()
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
+            try:
+                ends_frame = self._frame_open or not self._framed  # no empty frame after last
+                if self._top not in (self._encryptor, self._disk) and ends_frame:
+                    self._top.close()
+                if self._encryptor:
+                    self._encryptor.close()
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            finally:  # also on ENOSPC: an fd left open keeps a deleted .partial's space taken
+                self._fh.close()
         return self.record()
 
     def record(self) -> dict:
