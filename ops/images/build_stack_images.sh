@@ -24,6 +24,11 @@ MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 PACKAGES=python3,python3-venv,python3-pip,mariadb-server,mariadb-client,redis-server,zstd,ca-certificates,haproxy,mydumper,age,restic,tini
 
 exists() { docker image inspect "$1" >/dev/null 2>&1; }
+image_id() { docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }
+# drop the previous build of a tag, now untagged (kept if a container still uses it)
+drop_old() {
+  if [ -n "$2" ] && [ "$2" != "$(image_id "$1")" ]; then docker rmi "$2" >/dev/null 2>&1 || true; fi
+}
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
@@ -44,8 +49,11 @@ build_base() {
 # build TAG: a Dockerfile on stdin, $work/ctx as context
 build() {
   if exists "$1" && [ -z "${FORCE:-}" ]; then echo "image $1 already exists"; return; fi
+  local old
+  old="$(image_id "$1")"
   DOCKER_BUILDKIT=0 docker build -q -t "$1" -f - "$work/ctx" >/dev/null 2>"$work/build.log" ||
     { cat "$work/build.log" >&2; exit 1; }
+  drop_old "$1" "$old"
   echo "built $1"
 }
 
@@ -174,14 +182,12 @@ FROM $BASE
 COPY wheelhouse /opt/wheelhouse
 ENV PIP_NO_INDEX=1 PIP_FIND_LINKS=/opt/wheelhouse PIP_BREAK_SYSTEM_PACKAGES=1
 EOF
-  old="$(docker image inspect -f '{{.Id}}' "$WORKER" 2>/dev/null || true)"
+  local old
+  old="$(image_id "$WORKER")"
   DOCKER_BUILDKIT=0 docker build -t "$WORKER" -f ops/Dockerfile \
     --build-arg BASE=xiehe/base:bookworm-wheels . >"$work/worker.log" 2>&1 ||
     { tail -30 "$work/worker.log" >&2; exit 1; }
-  # the previous build, now untagged (kept if a container still uses it)
-  if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$WORKER")" ]; then
-    docker rmi "$old" >/dev/null 2>&1 || true
-  fi
+  drop_old "$WORKER" "$old"
   echo "built $WORKER"
 }
 
