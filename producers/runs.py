@@ -23,7 +23,7 @@ HOW_TO_SET = {
     "volumes": "XIEHE_VOLUMES is not set",
 }
 ENDED = ("succeeded", "failed")
-POLL = 0.5  # s between reads of the run's progress record
+POLL = 0.1  # s between reads of the run's progress record
 
 
 def select_kinds(settings: Settings, only: str) -> tuple[list[str], dict[str, str]]:

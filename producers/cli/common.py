@@ -17,6 +17,9 @@ from workers.units import human_bytes
 
 SILENCE_CHECK = 15.0  # seconds without progress before asking whether a worker is alive
 BROKER_GRACE = 120.0  # seconds the broker may be unreachable (a restart) while following
+# Between two reads of the progress hash (one HGETALL): the end of a run is seen this late
+# at most, which every backup through the CLI pays once.
+POLL = 0.05
 
 
 def settings() -> Settings:
@@ -72,7 +75,7 @@ def follow(client: redis.Redis, run_id: str, out=sys.stderr) -> dict:
                     "worker starts (`celery -A workers worker`)"
                 )
             last_change = time.monotonic()
-        time.sleep(0.3)
+        time.sleep(POLL)
 
 
 def _read_through_restarts(client: redis.Redis, run_id: str, out) -> dict:
