@@ -14,59 +14,39 @@ import redis
 from celery import chain
 
 from workers.config import Settings
-from workers.ops.alerts import notify_result
-from workers.ops.retention import prune_after_backup
-from workers.steps import runner
-from workers.steps.abandon_backup import abandon_backup
-from workers.steps.archive_volumes import archive_volumes
-from workers.steps.dump_mysql import dump_mysql
-from workers.steps.preflight_backup import preflight_backup
-from workers.steps.preflight_restore import preflight_restore
-from workers.steps.publish_backup import publish_backup
-from workers.steps.recover_restore import recover_restore
-from workers.steps.replay_binlog import replay_binlog
-from workers.steps.report_restore import report_restore
-from workers.steps.restore_targets import restore_mysql, restore_redis, restore_volumes
-from workers.steps.safety_backup import safety_backup
-from workers.steps.services import start_services, stop_services
-from workers.steps.snapshot_redis import snapshot_redis
-from workers.steps.verify_backup import verify_staged
-from workers.steps.verify_restore import verify_restore
 from workers.store.layout import new_backup_id
 
-# (step name, function, the kind it needs or None)
+# (step name, the kind it needs or None).  The functions are bound in workers/tasks.py:
+# this module stays light, so producers import it without loading every target's driver.
 BACKUP_STEPS = (
-    ("preflight", preflight_backup, None),
-    ("dump_mysql", dump_mysql, "mysql"),
-    ("snapshot_redis", snapshot_redis, "redis"),
-    ("archive_volumes", archive_volumes, "volumes"),
-    ("verify", verify_staged, None),
-    ("publish", publish_backup, None),
-    ("prune", prune_after_backup, None),  # retention after each backup; never fails it
-    ("notify", notify_result, None),
+    ("preflight", None),
+    ("dump_mysql", "mysql"),
+    ("snapshot_redis", "redis"),
+    ("archive_volumes", "volumes"),
+    ("verify", None),
+    ("publish", None),
+    ("prune", None),  # retention after each backup; never fails it
+    ("notify", None),
 )
 # The seed plan's order: stop services, save what is there, restore, restart, verify.
 RESTORE_STEPS = (
-    ("preflight", preflight_restore, None),
-    ("stop_services", stop_services, None),
-    ("safety_backup", safety_backup, None),
-    ("restore_mysql", restore_mysql, "mysql"),
-    ("replay_binlog", replay_binlog, "pitr"),  # only in a point-in-time restore
-    ("restore_redis", restore_redis, "redis"),
-    ("restore_volumes", restore_volumes, "volumes"),
-    ("start_services", start_services, None),
-    ("verify", verify_restore, None),
-    ("report", report_restore, None),
-    ("notify", notify_result, None),
+    ("preflight", None),
+    ("stop_services", None),
+    ("safety_backup", None),
+    ("restore_mysql", "mysql"),
+    ("replay_binlog", "pitr"),  # only in a point-in-time restore
+    ("restore_redis", "redis"),
+    ("restore_volumes", "volumes"),
+    ("start_services", None),
+    ("verify", None),
+    ("report", None),
+    ("notify", None),
 )
-WORKFLOWS = {
-    "backup": (BACKUP_STEPS, abandon_backup),
-    "restore": (RESTORE_STEPS, recover_restore),
-}
+ORDER = {"backup": BACKUP_STEPS, "restore": RESTORE_STEPS}
 
 
 def plan(steps, kinds: list[str]) -> list[str]:
-    return [name for name, _, kind in steps if kind is None or kind in kinds]
+    return [name for name, kind in steps if kind is None or kind in kinds]
 
 
 def reserve_id(broker: redis.Redis, prefix: str = "") -> str:
@@ -112,10 +92,13 @@ def new_restore_run(
 
 def run_inline(run: dict) -> dict:
     """Carry out a whole run in this process (a restore's safety backup, a drill)."""
-    steps, on_failure = WORKFLOWS[run["type"]]
-    functions = {name: fn for name, fn, _ in steps}
+    from workers.steps import runner
+    from workers.tasks import ON_FAILURE, STEPS
+
     for name in run["plan"]:
-        run = runner.execute(name, functions[name], run, on_failure=on_failure)
+        run = runner.execute(
+            name, STEPS[run["type"]][name], run, on_failure=ON_FAILURE[run["type"]]
+        )
     return run
 
 
@@ -150,10 +133,10 @@ def queue_for(step: str, run: dict, settings: Settings) -> str:
 
 def signature(run: dict, settings: Settings):
     """The Celery chain of a run: each step a task on its queue, the run passed along."""
-    from workers import tasks
+    from workers.celery import app
 
     steps = [
-        tasks.task_for(run["type"], name).s().set(queue=queue_for(name, run, settings))
+        app.signature(f"{run['type']}.{name}", queue=queue_for(name, run, settings))
         for name in run["plan"]
     ]
     steps[0].args = (run,)
