@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -257,20 +258,16 @@ def test_worker_killed_mid_volume_archive(
     assert_next_run_succeeds(env, root)
 
 
-@pytest.mark.xfail(
-    reason="open: the CLI still printed a traceback after the broker came back (source not yet "
-    "found) and kombu 5.7's worker main process may die on the lost connection",
-    strict=False,
-)
 def test_broker_restart_mid_dump(env, redis_server, worker_factory, tmp_path):
     """The broker's Redis (appendonly, so queued steps survive) restarts during dump_mysql.
 
     The running step keeps going (progress updates are advisory, its locks persist), the
     CLI waits for the broker to come back.  Celery/kombu 5.7's worker main process may die
-    on the lost connection ("Unrecoverable error" while restoring unacked messages); the
-    deployment restarts it (compose `restart: unless-stopped`) and so does this test.  The
-    run then either completes, or is ended by the reaper with its cause: in both cases
-    nothing partial is listed, no lock is left and the next run succeeds.
+    on the lost connection (kombu's ack after a reconnect: "'NoneType' object has no
+    attribute 'hostname'"); the deployment restarts it (compose `restart: unless-stopped`)
+    and so does a supervisor thread here.  The run then either completes, or is ended by
+    the reaper with its cause: in both cases nothing partial is listed, no lock is left and
+    the next run succeeds.
     """
     root = tmp_path / "backups"
     broker = redis_server("--appendonly", "yes", "--appendfsync", "always")
@@ -282,10 +279,20 @@ def test_broker_restart_mid_dump(env, redis_server, worker_factory, tmp_path):
     broker.stop()
     time.sleep(2)
     broker.start()
-    time.sleep(3)
-    if worker.proc.poll() is not None:  # as `restart: unless-stopped` would
-        worker_factory(env)
-    code, _, err = finish(proc, timeout=300)
+    done = threading.Event()
+
+    def supervise(current=worker) -> None:  # as `restart: unless-stopped` would
+        while not done.wait(0.5):
+            if current.proc.poll() is not None:
+                current = worker_factory(env)
+
+    supervisor = threading.Thread(target=supervise, daemon=True)
+    supervisor.start()
+    try:
+        code, _, err = finish(proc, timeout=300)
+    finally:
+        done.set()
+        supervisor.join()
     assert "Traceback" not in err
     if code == 0:
         assert journal(root, run_id)["status"] == "succeeded"

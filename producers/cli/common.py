@@ -6,6 +6,7 @@ import sys
 import time
 
 import redis
+from kombu.exceptions import KombuError
 
 from workers import config
 from workers.celery import app
@@ -40,8 +41,16 @@ def broker(s: Settings) -> redis.Redis:
     return client
 
 
+def workers_alive(timeout: float = 3.0) -> bool | None:
+    """Whether any worker answers a ping; None when the broker cannot be asked right now."""
+    try:
+        return bool(app.control.ping(timeout=timeout, limit=1))  # the first reply is enough
+    except (redis.RedisError, OSError, KombuError):
+        return None
+
+
 def require_worker(timeout: float = 3.0) -> None:
-    if not app.control.ping(timeout=timeout, limit=1):  # the first reply is enough
+    if not workers_alive(timeout):
         raise BackupError(
             "no xiehe-backup worker is running: start one with `celery -A workers worker` "
             "(nothing was enqueued)"
@@ -69,7 +78,7 @@ def follow(client: redis.Redis, run_id: str, out=sys.stderr) -> dict:
                 print(file=out)
             return state
         if time.monotonic() - last_change > SILENCE_CHECK:
-            if not app.control.ping(timeout=3, limit=1):
+            if workers_alive() is False:  # None: the broker is restarting, ask again later
                 raise BackupError(
                     f"run {run_id}: no worker is alive; it stays queued and resumes when a "
                     "worker starts (`celery -A workers worker`)"
