@@ -51,9 +51,17 @@ def _mysql_checks(settings: Settings) -> list[dict]:
         return f"{found['server_version']} at {m.host}:{m.port} as {m.user}"
 
     def binlog() -> tuple[str, bool]:
+        """Point-in-time recovery needs log_bin, ROW format and a server_id: a warning."""
+        from workers.targets.binlog import binlog_problems
+
         if not found:
             _fail("not checked: MySQL is unreachable")
-        return ("on", False) if found["binlog"] else ("off", True)
+        problems = binlog_problems(m)
+        return (
+            ("ready for point-in-time recovery", False)
+            if not problems
+            else ("; ".join(problems), True)
+        )
 
     return [
         _run(
