@@ -217,3 +217,44 @@ def test_archive_with_traversal_is_refused(stack, worker_factory, tmp_path):
     assert proc.returncode == 1
     assert "escape" in proc.stderr or ".." in proc.stderr
     assert_same(before, st.snapshot())
+
+
+def test_encrypted_backup_needs_only_public_keys_and_restores_with_the_identity(
+    stack, worker_factory, mysql_conn, tmp_path
+):
+    import pyrage
+
+    st, env = stack
+    identity = pyrage.x25519.Identity.generate()
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(f"{identity}\n")
+    key_file.chmod(0o600)
+    backup_env = {**env, "XIEHE_AGE_RECIPIENTS": str(identity.to_public())}
+    worker = worker_factory(backup_env)  # this worker holds no private key
+    before = st.snapshot()
+    backup_id = _backup(backup_env)
+    manifest = _manifest(backup_env, backup_id)
+    assert all(a["encrypted"] for a in manifest["artifacts"] if a["kind"] != "mysql-index")
+    dump = env_dir(env) / next(a["path"] for a in manifest["artifacts"] if a["kind"] == "mysql")
+    assert dump.name.endswith(".sql.zst.age") and "患者".encode() not in dump.read_bytes()
+    with mysql_conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE `{st.db}`")
+    no_key = cli(backup_env, "restore", backup_id, "--yes")  # nobody can decrypt: refused
+    assert no_key.returncode == 1 and "XIEHE_AGE_IDENTITY_FILE" in no_key.stderr
+    worker.stop()
+    restore_env = {**backup_env, "XIEHE_AGE_IDENTITY_FILE": str(key_file)}
+    worker_factory(restore_env)
+    proc = cli(restore_env, "restore", backup_id, "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert_same(before, st.snapshot())
+
+
+def test_a_tree_others_can_write_is_refused(stack, worker_factory):
+    st, env = stack
+    worker_factory(env)
+    backup_id = _backup(env)
+    before = st.snapshot()
+    (env_dir(env) / "mysql").chmod(0o777)
+    proc = cli(env, "restore", backup_id, "--yes")
+    assert proc.returncode == 1 and "writable by other users" in proc.stderr
+    assert_same(before, st.snapshot())

@@ -37,10 +37,13 @@ class Tree:
     root: Path
 
     def ensure(self) -> None:
+        """Create what is missing, 0700.  Existing directories keep their mode: a tree that
+        others could write is for a restore's preflight to refuse, not to quietly mend."""
         for sub in ("", "mysql", "redis", "volumes", ".staging", ".runs"):
             path = self.root / sub
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(path, 0o700)
+            if not path.is_dir():
+                path.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
 
     def staging(self, backup_id: str) -> Path:
         return self.root / ".staging" / backup_id
