@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -19,70 +18,19 @@ import pytest
 
 from tests.conftest import base_env, unique
 from tests.support.cli import cli
-from tests.support.servers import free_port
+from tests.support.mariadb import MariaDB
 from workers import config
 from workers.targets import binlog
 
 ARCHIVER_PASSWORD = 'Arch"iv\\er-s3cret'
 
 
-class MariaDB:
-    """A mariadbd of our own (binlog on, ROW, server_id 1) in a private datadir."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.dir, self.port = workdir, free_port()
-        datadir = workdir / "data"
-        subprocess.run(
-            ["mariadb-install-db", "--no-defaults", f"--datadir={datadir}", "--skip-test-db",
-             "--auth-root-authentication-method=normal", *self._user()],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        self.proc = subprocess.Popen(
-            ["mariadbd", "--no-defaults", *self._user(), f"--datadir={datadir}",
-             f"--socket={workdir}/mysqld.sock", f"--port={self.port}",
-             "--bind-address=127.0.0.1", f"--log-bin={datadir}/mysql-bin",
-             "--binlog-format=ROW", "--server-id=1", f"--pid-file={workdir}/mysqld.pid",
-             f"--log-error={workdir}/error.log", "--innodb-buffer-pool-size=64M"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                self.connect().close()
-                return
-            except pymysql.err.OperationalError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError((workdir / "error.log").read_text()[-2000:]) from None
-                time.sleep(0.2)
-
-    @staticmethod
-    def _user() -> list[str]:
-        return ["--user=root"] if os.geteuid() == 0 else []
-
-    def connect(self, db: str | None = None, **kw) -> pymysql.Connection:
-        args = {"user": "root", "password": "", **kw}
-        return pymysql.connect(
-            host="127.0.0.1", port=self.port, database=db, autocommit=True, **args
-        )
-
-    def sql(self, *statements: str, db: str | None = None) -> list:
-        conn = self.connect(db)
-        try:
-            with conn.cursor() as cur:
-                for statement in statements:
-                    cur.execute(statement)
-                return list(cur.fetchall())
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = MariaDB(tmp_path_factory.mktemp("mariadb"))
+    workdir = tmp_path_factory.mktemp("mariadb")
+    srv = MariaDB(
+        workdir, f"--log-bin={workdir}/data/mysql-bin", "--binlog-format=ROW", "--server-id=1"
+    )
     srv.sql(
         "CREATE USER 'archiver'@'127.0.0.1' IDENTIFIED BY "
         f"'{pymysql.converters.escape_string(ARCHIVER_PASSWORD)}'",

@@ -14,13 +14,17 @@ from tests.support.servers import free_port
 
 
 class MariaDB:
-    def __init__(self, workdir: Path) -> None:
+    """`extra`: more server options (tests of point-in-time recovery turn the binlog on)."""
+
+    def __init__(self, workdir: Path, *extra: str) -> None:
+        self.extra = extra or ("--skip-log-bin",)
         self.dir = workdir
         self.datadir = workdir / "data"
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log = workdir / "mariadb.log"
         self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "tmp").mkdir(exist_ok=True)  # never /tmp: two servers would share names
         subprocess.run(
             [
                 "mariadb-install-db",
@@ -46,8 +50,9 @@ class MariaDB:
                 "--bind-address=127.0.0.1",
                 f"--socket={self.dir / 'mysqld.sock'}",
                 f"--pid-file={self.dir / 'mysqld.pid'}",
+                f"--tmpdir={self.dir / 'tmp'}",
                 "--user=root",
-                "--skip-log-bin",
+                *self.extra,
                 "--innodb-buffer-pool-size=256M",
                 "--innodb-log-file-size=256M",
                 "--innodb-flush-log-at-trx-commit=0",
@@ -66,8 +71,21 @@ class MariaDB:
                 time.sleep(0.2)
         raise RuntimeError("mariadbd did not start")
 
-    def connect(self, **kw) -> pymysql.Connection:
-        return pymysql.connect(host="127.0.0.1", port=self.port, user="root", autocommit=True, **kw)
+    def connect(self, db: str | None = None, **kw) -> pymysql.Connection:
+        args = {"user": "root", "password": "", **kw}
+        return pymysql.connect(
+            host="127.0.0.1", port=self.port, database=db, autocommit=True, **args
+        )
+
+    def sql(self, *statements: str, db: str | None = None) -> list:
+        conn = self.connect(db)
+        try:
+            with conn.cursor() as cur:
+                for statement in statements:
+                    cur.execute(statement)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
