@@ -72,6 +72,20 @@ def mysql_user(mysql_conn, scratch_db):
         cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
 
 
+def flower_environment(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """Flower's settings: basic auth from a 0600 secret file, its own port and state file."""
+    auth_file = tmp_path / "flower_auth"
+    auth_file.write_text("admin:flower-pw\n")
+    auth_file.chmod(0o600)
+    return {
+        **env,
+        "XIEHE_FLOWER_BASIC_AUTH_FILE": str(auth_file),
+        "XIEHE_FLOWER_PORT": str(free_port()),
+        "XIEHE_FLOWER_ADDRESS": "127.0.0.1",
+        "XIEHE_FLOWER_DB": str(tmp_path / "flower" / "flower.db"),
+    }
+
+
 def run_tasks(flower: Flower, auth, backup_id: str) -> dict[str, dict]:
     tasks = flower.get("/api/tasks", auth).json().values()
     return {t["name"]: t for t in tasks if backup_id in (t.get("args") or "")}
@@ -92,16 +106,7 @@ def test_flower_needs_auth_shows_every_step_and_no_secret(
         XIEHE_MYSQL_DATABASES=db,
         XIEHE_MYSQL_PASSWORD=mysql_password,
     )
-    auth_file = tmp_path / "flower_auth"
-    auth_file.write_text("admin:flower-pw\n")
-    auth_file.chmod(0o600)
-    flower_env = {
-        **env,
-        "XIEHE_FLOWER_BASIC_AUTH_FILE": str(auth_file),
-        "XIEHE_FLOWER_PORT": str(free_port()),
-        "XIEHE_FLOWER_ADDRESS": "127.0.0.1",
-        "XIEHE_FLOWER_DB": str(tmp_path / "flower" / "flower.db"),
-    }
+    flower_env = flower_environment(env, tmp_path)
     flower = Flower(flower_env, tmp_path / "flower.log")
     worker_factory(env)
     auth = ("admin", "flower-pw")
@@ -149,16 +154,7 @@ def test_flower_shows_a_running_steps_progress(tmp_path, redis_server, worker_fa
         data.set(f"image:{i}", os.urandom(1 << 20))  # incompressible: every step moves it all
     env = base_env(broker.url, tmp_path / "backups")
     env["XIEHE_REDIS_URL"] = target.url
-    auth_file = tmp_path / "flower_auth"
-    auth_file.write_text("admin:flower-pw\n")
-    flower_env = {
-        **env,
-        "XIEHE_FLOWER_BASIC_AUTH_FILE": str(auth_file),
-        "XIEHE_FLOWER_PORT": str(free_port()),
-        "XIEHE_FLOWER_ADDRESS": "127.0.0.1",
-        "XIEHE_FLOWER_DB": str(tmp_path / "flower" / "flower.db"),
-    }
-    flower = Flower(flower_env, tmp_path / "flower.log")
+    flower = Flower(flower_environment(env, tmp_path), tmp_path / "flower.log")
     worker_factory(env)
     auth = ("admin", "flower-pw")
     cli = subprocess.Popen(
