@@ -109,10 +109,11 @@ def test_event_survives_consumer_killed_while_its_backup_waits(setup, consumers,
     # appended while no consumer runs; no worker yet either, so the backup waits in the queue
     event_id = client.xadd(STREAM, {"type": "migration.pending", "name": "0043_split"})
     first = consumers(env)
-    deadline = time.monotonic() + 30
-    while not client.keys(f"{STREAM}:backup:*") and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert client.hget(f"{STREAM}:backup:{event_id.decode()}", "enqueued") == b"1"
+    mapping = f"{STREAM}:backup:{event_id.decode()}"
+    deadline = time.monotonic() + 30  # the mapping is reserved first, marked enqueued after
+    while client.hget(mapping, "enqueued") != b"1" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.hget(mapping, "enqueued") == b"1"
     first.stop(signal.SIGKILL)  # dies with the event read, its backup queued, no reply sent
     assert pending(client) == 1
 
