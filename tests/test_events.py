@@ -4,9 +4,7 @@ when the consumer is killed while the event's backup runs."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,26 +12,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import base_env
+from tests.support.servers import spawn, stop_group
 
 STREAM, REPLIES = "xiehe:events", "xiehe:events:replies"
 
 
 class EventsConsumer:
     def __init__(self, env: dict[str, str], logfile: Path) -> None:
-        self.logfile = logfile
-        log = open(logfile, "ab")  # noqa: SIM115 - the process owns it
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "producers.cli.main", "events"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.proc = spawn([sys.executable, "-m", "producers.cli.main", "events"], env, logfile)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(30)
+        stop_group(self.proc, sig)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ no password anywhere in its API, the task list kept across a restart."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import redis
 import requests
 
 from tests.conftest import base_env
-from tests.support.servers import free_port
+from tests.support.servers import free_port, spawn, stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = {
@@ -34,14 +33,8 @@ class Flower:
     def __init__(self, env: dict[str, str], logfile: Path) -> None:
         self.port = int(env["XIEHE_FLOWER_PORT"])
         self.logfile = logfile
-        log = open(logfile, "ab")  # noqa: SIM115 - the process owns it
-        self.proc = subprocess.Popen(
-            ["sh", str(ROOT / "ops/scripts/flower.sh")],
-            env={**env, "PYTHON": sys.executable},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        script = ["sh", str(ROOT / "ops/scripts/flower.sh")]
+        self.proc = spawn(script, {**env, "PYTHON": sys.executable}, logfile)
         deadline = time.monotonic() + 30
         while "Connected to redis" not in logfile.read_text():
             assert self.proc.poll() is None, logfile.read_text()
@@ -52,9 +45,7 @@ class Flower:
         return requests.get(f"http://127.0.0.1:{self.port}{path}", auth=auth, timeout=10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(30)
+        stop_group(self.proc)
 
 
 @pytest.fixture

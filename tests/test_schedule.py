@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +12,7 @@ import pytest
 from redbeat.decoder import RedBeatJSONEncoder
 
 from tests.conftest import base_env
+from tests.support.servers import celery, spawn, stop_group
 from workers.config import ConfigError
 from workers.schedule import beat_schedule
 
@@ -27,26 +25,8 @@ class Beat:
 
     def __init__(self, env: dict[str, str], logfile: Path) -> None:
         self.logfile = logfile
-        log = open(logfile, "ab")  # noqa: SIM115 - the process owns it
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers",
-                "beat",
-                "-l",
-                "info",
-                "-S",
-                "redbeat.RedBeatScheduler",
-                "--pidfile=",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        argv = celery("beat", "-l", "info", "-S", "redbeat.RedBeatScheduler", "--pidfile=")
+        self.proc = spawn(argv, env, logfile)
 
     def log(self) -> str:
         return self.logfile.read_text(errors="replace")
@@ -59,9 +39,7 @@ class Beat:
             time.sleep(0.2)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(30)
+        stop_group(self.proc, sig)
 
 
 @pytest.fixture

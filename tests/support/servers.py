@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -72,6 +73,30 @@ class RedisServer:
             self.proc.wait(10)
 
 
+def spawn(argv: list[str], env: dict[str, str], logfile: Path) -> subprocess.Popen:
+    """A real child process in a session of its own, writing to `logfile`."""
+    log = open(logfile, "ab")  # noqa: SIM115 - the process owns it for its lifetime
+    return subprocess.Popen(
+        argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop_group(proc: subprocess.Popen | None, sig: int = signal.SIGTERM) -> None:
+    """Signal the process and its children; SIGKILL them if they outlive 30 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def celery(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "workers", *args]
+
+
 class Worker:
     """A real `celery -A workers worker` process with its own environment."""
 
@@ -86,30 +111,10 @@ class Worker:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Worker:
-        log = open(self.logfile, "ab")  # noqa: SIM115 - the worker owns it for its lifetime
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers",
-                "worker",
-                "-l",
-                "info",
-                "-c",
-                str(self.concurrency),
-                "-n",
-                self.name,
-                "--without-gossip",
-                "--without-mingle",
-                *(["-Q", self.queues] if self.queues else []),
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        queues = ["-Q", self.queues] if self.queues else []
+        argv = celery("worker", "-l", "info", "-c", str(self.concurrency), "-n", self.name,
+                      "--without-gossip", "--without-mingle", *queues)  # fmt: skip
+        self.proc = spawn(argv, self.env, self.logfile)
         self.wait_ready()
         return self
 
@@ -124,15 +129,8 @@ class Worker:
         raise RuntimeError("worker did not become ready")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait()
+        stop_group(self.proc)
 
     def kill(self) -> None:
         """SIGKILL the whole worker (main process and its pool), as a crash would."""
-        os.killpg(self.proc.pid, 9)
-        self.proc.wait()
+        stop_group(self.proc, signal.SIGKILL)
