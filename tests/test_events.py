@@ -19,6 +19,7 @@ STREAM, REPLIES = "xiehe:events", "xiehe:events:replies"
 
 class EventsConsumer:
     def __init__(self, env: dict[str, str], logfile: Path) -> None:
+        self.logfile = logfile
         self.proc = spawn([sys.executable, "-m", "producers.cli.main", "events"], env, logfile)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
