@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(docker.io busybox-static zstd mydumper restic age mariadb-client redis-server redis-tools docker-compose debootstrap)
+DEBS=(docker.io busybox-static zstd mydumper restic age mariadb-client redis-server redis-tools docker-compose debootstrap rclone openssh-server)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -17,7 +17,7 @@ if ((${#missing[@]})); then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if ! python3 -c "import workers, celery, pyrage, zstandard, pytest" 2>/dev/null \
+if ! python3 -c "import workers, celery, pyrage, zstandard, pytest, moto.server" 2>/dev/null \
    || ! command -v xiehe-backup >/dev/null; then
   echo "installing Python packages"
   python3 -m pip install -q -e '.[test]'

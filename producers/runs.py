@@ -14,6 +14,7 @@ from producers.cli import common
 from workers import workflows
 from workers.config import Settings
 from workers.errors import BackupError
+from workers.offsite import settings as offsite_settings
 from workers.progress import read as read_progress
 
 KINDS = ("mysql", "redis", "volumes")
@@ -56,7 +57,8 @@ def enqueue(
     if check_worker:
         common.require_worker()
     backup_id = backup_id or workflows.reserve_id(client)
-    run = workflows.new_backup_run(backup_id, kinds, skipped, reason)
+    offsite = bool(offsite_settings.load().remotes)
+    run = workflows.new_backup_run(backup_id, kinds, skipped, reason, offsite)
     workflows.signature(run, settings).apply_async()
     return backup_id
 

@@ -10,11 +10,13 @@ from workers.steps import runner
 from workers.steps.abandon_backup import abandon_backup
 from workers.steps.archive_volumes import archive_volumes
 from workers.steps.dump_mysql import dump_mysql
+from workers.steps.fetch_backup import fetch_backup
 from workers.steps.preflight_backup import preflight_backup
 from workers.steps.preflight_restore import preflight_restore
 from workers.steps.publish_backup import publish_backup
 from workers.steps.recover_restore import recover_restore
 from workers.steps.replay_binlog import replay_binlog
+from workers.steps.replicate_backup import replicate_backup
 from workers.steps.report_restore import report_restore
 from workers.steps.restore_targets import restore_mysql, restore_redis, restore_volumes
 from workers.steps.safety_backup import safety_backup
@@ -32,10 +34,12 @@ STEPS = {
         "archive_volumes": archive_volumes,
         "verify": verify_staged,
         "publish": publish_backup,
+        "replicate": replicate_backup,
         "prune": prune_after_backup,
         "notify": notify_result,
     },
     "restore": {
+        "fetch": fetch_backup,
         "preflight": preflight_restore,
         "stop_services": stop_services,
         "safety_backup": safety_backup,

@@ -25,11 +25,13 @@ BACKUP_STEPS = (
     ("archive_volumes", "volumes"),
     ("verify", None),
     ("publish", None),
+    ("replicate", "offsite"),  # off-site copies; never fails the backup
     ("prune", None),  # retention after each backup; never fails it
     ("notify", None),
 )
 # The seed plan's order: stop services, save what is there, restore, restart, verify.
 RESTORE_STEPS = (
+    ("fetch", "remote"),  # only in a restore --from a remote
     ("preflight", None),
     ("stop_services", None),
     ("safety_backup", None),
@@ -58,7 +60,10 @@ def reserve_id(broker: redis.Redis, prefix: str = "") -> str:
         time.sleep(1.0 - (time.time() % 1.0) + 0.01)
 
 
-def new_backup_run(backup_id: str, kinds: list[str], skipped: dict, reason: str) -> dict:
+def new_backup_run(
+    backup_id: str, kinds: list[str], skipped: dict, reason: str, offsite: bool = False
+) -> dict:
+    """`offsite`: remotes are configured, which adds the replicate step."""
     return {
         "id": backup_id,
         "type": "backup",
@@ -66,16 +71,23 @@ def new_backup_run(backup_id: str, kinds: list[str], skipped: dict, reason: str)
         "skipped": skipped,
         "reason": reason,
         "created_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "plan": plan(BACKUP_STEPS, kinds),
+        "plan": plan(BACKUP_STEPS, [*kinds, "offsite"] if offsite else kinds),
         "steps": {},
         "status": "queued",
     }
 
 
 def new_restore_run(
-    run_id: str, backup_id: str, kinds: list[str], only: list[str], pitr: dict | None = None
+    run_id: str,
+    backup_id: str,
+    kinds: list[str],
+    only: list[str],
+    pitr: dict | None = None,
+    from_remote: str | None = None,
 ) -> dict:
-    """`pitr`: a point-in-time plan (workers/pitr.py), which adds the replay_binlog step."""
+    """`pitr`: a point-in-time plan (workers/pitr.py), which adds the replay_binlog step;
+    `from_remote`: the off-site remote to fetch the backup from first (the fetch step)."""
+    extra = ["pitr"] * bool(pitr) + ["remote"] * bool(from_remote)
     return {
         "id": run_id,
         "type": "restore",
@@ -83,8 +95,9 @@ def new_restore_run(
         "kinds": kinds,
         "only": only,
         "created_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "plan": plan(RESTORE_STEPS, [*kinds, "pitr"] if pitr else kinds),
+        "plan": plan(RESTORE_STEPS, [*kinds, *extra]),
         "pitr": pitr,
+        "from_remote": from_remote,
         "steps": {},
         "status": "queued",
     }

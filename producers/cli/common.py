@@ -12,6 +12,8 @@ from workers import config
 from workers.celery import app
 from workers.config import Settings
 from workers.errors import BackupError
+from workers.offsite import settings as offsite_settings
+from workers.offsite.rclone import Rclone
 from workers.progress import read as read_progress
 from workers.store.layout import Tree
 from workers.units import human_bytes
@@ -25,6 +27,12 @@ POLL = 0.05
 
 def settings() -> Settings:
     return config.load()
+
+
+def remote(name: str) -> Rclone:
+    """The transport to off-site remote `name` (XIEHE_OFFSITE); unknown names are refused."""
+    offsite = offsite_settings.load()
+    return Rclone(offsite.remote(name), offsite)
 
 
 def tree() -> Tree:

@@ -1,5 +1,8 @@
 """`xiehe-backup restore ID --yes [--only mysql|redis|volumes|db:NAME|volume:NAME] [--detach]`.
 
+`restore ID --from NAME` takes the backup from off-site remote NAME (a new host whose
+local tree is gone): the run's fetch step brings it into the local tree first.
+
 Point in time: `restore --to "YYYY-MM-DD HH:MM:SS" [--dry-run]` (or --to-position FILE:POS,
 --to-gtid D-S-N) picks the backup itself (workers/pitr.py) and replays the archived binlog.
 """
@@ -12,6 +15,7 @@ import sys
 from producers.cli import common
 from workers import pitr, workflows
 from workers.errors import BackupError
+from workers.offsite import catalog
 from workers.steps.restore_scope import kinds_of, parse_only, selected_artifacts
 from workers.store import manifest as manifests
 
@@ -27,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the point-in-time plan only")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--only", default="", help="mysql, redis, volumes, db:NAME or volume:NAME")
+    p.add_argument(
+        "--from", dest="remote", metavar="NAME", help="take the backup from off-site remote NAME"
+    )
     p.add_argument("--detach", action="store_true", help="print the run id and return at once")
     p.set_defaults(handler=run)
 
@@ -51,6 +58,11 @@ def run(args: argparse.Namespace) -> int:
     settings = common.settings()
     only = parse_only(args.only)
     plan = None
+    if (args.to or args.to_position or args.to_gtid) and args.remote:
+        raise BackupError(
+            "--from takes one backup: restore it, or fetch it first "
+            "(restore ID --from NAME), then restore --to from the local tree"
+        )
     if args.to or args.to_position or args.to_gtid:
         plan = pitr.plan(
             settings, common.tree(), only, args.to, args.to_position, args.to_gtid, args.id
@@ -61,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
         args.id, only = plan["backup_id"], plan["only"]
     elif not args.id:
         raise BackupError("give a backup id, or --to/--to-position/--to-gtid")
-    manifest = manifests.read(common.tree(), args.id)
+    if args.remote:
+        manifest = catalog.manifest(common.remote(args.remote), args.id)
+    else:
+        manifest = manifests.read(common.tree(), args.id)
     artifacts = selected_artifacts(manifest, only)
     if not args.yes and not confirm(manifest, artifacts, settings.stop_containers):
         print("not confirmed; nothing was done", file=sys.stderr)
@@ -69,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
     client = common.broker(settings)
     common.require_worker()
     run_id = workflows.reserve_id(client, prefix="restore-")
-    restore_run = workflows.new_restore_run(run_id, args.id, kinds_of(artifacts), only, plan)
+    restore_run = workflows.new_restore_run(
+        run_id, args.id, kinds_of(artifacts), only, plan, from_remote=args.remote
+    )
     workflows.signature(restore_run, settings).apply_async()
     if args.detach:
         print(run_id)

@@ -13,6 +13,10 @@ import redis
 
 from workers.config import Settings
 from workers.errors import TargetError
+from workers.offsite import catalog
+from workers.offsite import settings as offsite_settings
+from workers.offsite.rclone import Rclone
+from workers.offsite.settings import OffsiteSettings, Remote
 from workers.ops import settings as ops_settings
 from workers.store import manifest as manifests
 from workers.store import space as store_space
@@ -232,6 +236,27 @@ def _freshness(tree: Tree, max_hours: int) -> str:
     return f"the last good backup is {age:.1f} h old (limit {max_hours} h)"
 
 
+def _offsite_check(remote: Remote, offsite: OffsiteSettings, tree: Tree) -> dict:
+    def check() -> tuple[str, bool]:
+        held = catalog.manifests(Rclone(remote, offsite))
+        newest = held[-1]["id"] if held else "none"
+        detail = f"{remote.url}: {len(held)} complete backups, newest {newest}"
+        local = [m for m in manifests.read_all(tree) if m.get("status") == "verified"]
+        behind = bool(local) and local[-1]["id"] not in {m["id"] for m in held}
+        unchecked = remote.kind == "sftp" and "known_hosts_file" not in remote.options
+        if behind:
+            detail += f"; the newest local backup {local[-1]['id']} is not there yet"
+        if unchecked:
+            detail += "; the server's host key is not checked"
+        return detail, behind or unchecked
+
+    hint = (
+        "check the network and credentials (XIEHE_OFFSITE_*); the next backup sends what is "
+        "missing; add known_hosts_file=... to an sftp URL so the server is authenticated"
+    )
+    return _run(f"off-site {remote.name}", hint, check)
+
+
 def run_checks(settings: Settings) -> list[dict]:
     ops = ops_settings.load()
     tree = Tree(settings.backup_dir)
@@ -254,6 +279,8 @@ def run_checks(settings: Settings) -> list[dict]:
         )
     )
     checks += _broker_checks(settings)
+    offsite = offsite_settings.load()
+    checks += [_offsite_check(remote, offsite, tree) for remote in offsite.remotes]
     checks.append(
         _run(
             "last good backup",

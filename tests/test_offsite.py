@@ -1,0 +1,253 @@
+"""Off-site copies end to end: a real OpenSSH server and an S3-compatible endpoint, real
+workers, the real CLI.  Back up, lose the host's tree and data, restore from the remote."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import redis as redis_py
+
+from tests.conftest import unique
+from tests.support.cli import cli, last_line
+from tests.support.offsite import S3Server, SftpServer
+from tests.support.stack import assert_same
+
+FAST_RETRY = {"XIEHE_OFFSITE_RETRIES": "2", "XIEHE_OFFSITE_BACKOFF_S": "1"}
+
+
+def _require(*tools: str) -> None:
+    missing = [t for t in tools if not shutil.which(t)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (ops/ensure_services.sh installs them)")
+    if os.geteuid() != 0:
+        pytest.skip(
+            "the SFTP test server needs root (a user of its own, sshd privilege separation)"
+        )
+
+
+@pytest.fixture
+def sftp_server(tmp_path):
+    _require("rclone", "sshd", "ssh-keygen")
+    server = SftpServer(tmp_path / "sftp", unique("dr"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def s3_server(tmp_path):
+    _require("rclone", "moto_server")
+    server = S3Server(tmp_path / "s3")
+    yield server
+    server.close()
+
+
+def _backup(env) -> str:
+    proc = cli(env, "backup")
+    assert proc.returncode == 0, proc.stderr
+    return last_line(proc)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _local_manifest(env, backup_id) -> dict:
+    return json.loads((Path(env["XIEHE_BACKUP_DIR"]) / f"manifest_{backup_id}.json").read_text())
+
+
+def test_sftp_copy_then_disaster_recovery_from_it(
+    stack, sftp_server, worker_factory, mysql_conn, docker_client
+):
+    st, env = stack
+    env = {**env, **FAST_RETRY, "XIEHE_OFFSITE": f"dr={sftp_server.url()}"}
+    worker_factory(env)
+    before = st.snapshot()
+    backup_id = _backup(env)
+
+    # The remote holds every artifact, byte for byte, and the manifest.
+    manifest = _local_manifest(env, backup_id)
+    assert manifest["offsite"]["dr"]["status"] == "replicated"
+    assert "key_file" not in json.dumps(manifest)  # the logged URL carries no options
+    for artifact in manifest["artifacts"]:
+        assert _sha256(sftp_server.root / artifact["path"]) == artifact["sha256"]
+    remote_manifest = json.loads((sftp_server.root / f"manifest_{backup_id}.json").read_text())
+    assert set(remote_manifest["md5"]) >= {a["path"] for a in manifest["artifacts"]}
+    listed = json.loads(cli(env, "list", "--remote", "dr", "--json").stdout)
+    assert [r["id"] for r in listed] == [backup_id]
+    proc = cli(env, "verify", "--remote", "dr", backup_id)
+    assert proc.returncode == 0 and "verified on dr" in proc.stdout, proc.stdout + proc.stderr
+
+    # A damaged remote copy (same size, one byte flipped) is caught by the remote's md5sum.
+    victim = sftp_server.root / manifest["artifacts"][0]["path"]
+    good = victim.read_bytes()
+    victim.write_bytes(bytes([good[0] ^ 0xFF]) + good[1:])
+    proc = cli(env, "verify", "--remote", "dr", backup_id)
+    assert proc.returncode == 1 and manifest["artifacts"][0]["path"] in proc.stdout
+    victim.write_bytes(good)
+
+    # The host is lost: its backup tree, the database, Redis and the volume.
+    shutil.rmtree(env["XIEHE_BACKUP_DIR"])
+    with mysql_conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE `{st.db}`")
+    redis_py.Redis.from_url(st.redis_url).flushall()
+    docker_client.volumes.get(st.volume_names[0]).remove(force=True)
+    assert cli(env, "restore", backup_id, "--yes").returncode != 0  # not local any more
+
+    proc = cli(env, "restore", backup_id, "--from", "dr", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert_same(before, st.snapshot())
+    run = json.loads(
+        (Path(env["XIEHE_BACKUP_DIR"]) / ".runs" / f"{last_line(proc)}.json").read_text()
+    )
+    assert run["plan"][:2] == ["fetch", "preflight"]
+    assert run["steps"]["fetch"]["result"]["files"] == len(manifest["artifacts"]) + 1
+    assert _local_manifest(env, backup_id)["fetched_from"]["remote"] == "dr"
+
+
+def test_connection_cut_mid_upload_keeps_local_and_next_run_completes(
+    stack, sftp_server, worker_factory, docker_client, helper_image
+):
+    st, env = stack
+    # Slow enough to cut: 2 MB of noise in the volume, sent at 256 kB/s.
+    noise = docker_client.containers.create(
+        helper_image,
+        "sh -c 'head -c 2000000 /dev/urandom > /v/noise.dcm'",
+        volumes={st.volume_names[0]: {"bind": "/v", "mode": "rw"}},
+    )
+    noise.start()
+    noise.wait()
+    noise.remove()
+    env = {
+        **env,
+        **FAST_RETRY,
+        "XIEHE_OFFSITE": f"dr={sftp_server.url()}",
+        "XIEHE_OFFSITE_BWLIMIT": "256k",
+        "XIEHE_OFFSITE_TIMEOUT_S": "5",
+    }
+    worker_factory(env)
+    backup_id = last_line(cli(env, "backup", "--detach"))
+    volume_dir = sftp_server.root / "volumes"
+    deadline = time.monotonic() + 120
+    while not any(p.stat().st_size > 200_000 for p in volume_dir.glob("*")):
+        assert time.monotonic() < deadline, "the upload never started"
+        time.sleep(0.1)
+    sftp_server.kill()  # the connection is cut, and the server stays away
+
+    deadline = time.monotonic() + 180
+    while (Path(env["XIEHE_BACKUP_DIR"]) / ".runs" / f"{backup_id}.json").exists() and json.loads(
+        (Path(env["XIEHE_BACKUP_DIR"]) / ".runs" / f"{backup_id}.json").read_text()
+    ).get("status") not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, "the backup never ended"
+        time.sleep(0.2)
+    manifest = _local_manifest(env, backup_id)
+    assert manifest["status"] == "verified"
+    assert manifest["offsite"]["dr"]["status"] == "local-only"
+    assert not (sftp_server.root / f"manifest_{backup_id}.json").exists()
+    assert cli(env, "verify", backup_id).returncode == 0  # the local backup is good
+
+    sftp_server.start()
+    second = _backup(env)
+    for done in (backup_id, second):
+        assert (sftp_server.root / f"manifest_{done}.json").exists(), done
+        assert _local_manifest(env, done)["offsite"]["dr"]["status"] == "replicated"
+        proc = cli(env, "verify", "--remote", "dr", done)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_s3_copies_follow_retention_and_restore_alone(stack, s3_server, worker_factory, tmp_path):
+    st, env = stack
+    secret_file = tmp_path / "s3_secret"
+    secret_file.write_text(S3Server.SECRET_KEY + "\n")
+    env = {
+        **env,
+        **FAST_RETRY,
+        "XIEHE_OFFSITE": f"oss={s3_server.url('xiehe-dr', 'hospital/prod')}",
+        "XIEHE_OFFSITE_OSS_ACCESS_KEY_ID": S3Server.ACCESS_KEY,
+        "XIEHE_OFFSITE_OSS_SECRET_ACCESS_KEY_FILE": str(secret_file),
+        "XIEHE_KEEP_LAST": "2",
+        "XIEHE_KEEP_DAILY": "0",
+        "XIEHE_KEEP_WEEKLY": "0",
+        "XIEHE_KEEP_MONTHLY": "0",
+    }
+    worker = worker_factory(env)
+    before = st.snapshot()
+    ids = [_backup(env) for _ in range(3)]
+
+    listed = json.loads(cli(env, "list", "--remote", "oss", "--json").stdout)
+    assert [r["id"] for r in listed] == ids[1:]  # the remote's own retention: last 2
+    for backup_id in ids[1:]:
+        proc = cli(env, "verify", "--remote", "oss", backup_id)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = cli(env, "verify", "--remote", "oss", ids[0])
+    assert proc.returncode == 1 and "not on remote oss" in proc.stderr
+
+    # The secret is in no log, no file of the tree, no journal.
+    assert S3Server.SECRET_KEY not in worker.logfile.read_text()
+    for path in Path(env["XIEHE_BACKUP_DIR"]).rglob("*"):
+        if path.is_file():
+            assert S3Server.SECRET_KEY.encode() not in path.read_bytes(), path
+
+    # A new host: nothing local; Redis comes back from the object store alone.
+    shutil.rmtree(env["XIEHE_BACKUP_DIR"])
+    redis_py.Redis.from_url(st.redis_url).flushall()
+    proc = cli(env, "restore", ids[-1], "--from", "oss", "--only", "redis", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert_same(before, st.snapshot())
+
+
+def _transport(server: SftpServer):
+    from workers.offsite import settings as offsite_settings
+    from workers.offsite.rclone import Rclone
+
+    offsite = offsite_settings.load({"XIEHE_OFFSITE": f"dr={server.url()}", **FAST_RETRY})
+    return Rclone(offsite.remotes[0], offsite)
+
+
+def _plant(server: SftpServer, rel: str, data: bytes) -> None:
+    path = server.root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.chmod(path.parent, 0o755)
+    os.chmod(path, 0o644)
+
+
+def test_a_hostile_or_damaged_remote_copy_replaces_nothing(sftp_server, tmp_path):
+    from workers.errors import BackupError, UnsafeArchive
+    from workers.offsite.fetch import fetch
+    from workers.store.layout import Tree
+
+    tree = Tree(tmp_path / "backups")
+    tree.ensure()
+    good = b"the good local copy"
+    (tree.root / "redis" / "dump_20260101_000000.rdb").write_bytes(good)
+    payload = b"REDIS0011 tampered"
+    artifact = {
+        "path": "redis/dump_20260101_000000.rdb",
+        "kind": "redis",
+        "source": "redis",
+        "sha256": hashlib.sha256(b"what the backup held").hexdigest(),
+        "size_bytes": len(payload),
+    }
+    manifest = {"id": "20260101_000000", "status": "verified", "artifacts": [artifact]}
+    _plant(sftp_server, artifact["path"], payload)
+    _plant(sftp_server, "backup_info_20260101_000000.txt", b"info")
+    _plant(sftp_server, "manifest_20260101_000000.json", json.dumps(manifest).encode())
+    with pytest.raises(BackupError, match="damaged; nothing local was replaced"):
+        fetch(tree, _transport(sftp_server), "20260101_000000")
+    assert (tree.root / artifact["path"]).read_bytes() == good
+    assert not tree.manifest("20260101_000000").exists()
+
+    escape = tmp_path / "escaped"
+    for path in ("../../escaped", str(escape), "redis/../../escaped"):
+        hostile = {**manifest, "artifacts": [{**artifact, "path": path}]}
+        _plant(sftp_server, "manifest_20260101_000000.json", json.dumps(hostile).encode())
+        with pytest.raises(UnsafeArchive, match="unsafe path"):
+            fetch(tree, _transport(sftp_server), "20260101_000000")
+        assert not escape.exists()
+    assert not tree.manifest("20260101_000000").exists()
