@@ -34,6 +34,7 @@ def test_sftp_and_s3_remotes_with_credentials_from_files(tmp_path):
     assert _config(oss)["secret_access_key"] == "s3cr3t-value"  # given to rclone by env only
     assert _config(dr)["key_file"] == "/run/secrets/k"
     assert offsite.remote("oss") is oss
+    assert dr.prunes and not load({"XIEHE_OFFSITE": "w=s3://b/p?prune=off"}).remotes[0].prunes
     with pytest.raises(ConfigError, match="unknown off-site remote 'nope'; configured: dr, oss"):
         offsite.remote("nope")
 
@@ -48,6 +49,7 @@ def test_sftp_and_s3_remotes_with_credentials_from_files(tmp_path):
         ("sftp://u@host/x", "expected NAME=URL"),
         ("dr=sftp://u@h/x,dr=sftp://u@h/y", "same name"),
         ("dr=sftp://u@h:port/x", "port is not a number"),
+        ("dr=sftp://u@h/x?prune=maybe", "prune must be on or off"),
     ],
 )
 def test_bad_remotes_are_refused_without_echoing_secrets(value, message):

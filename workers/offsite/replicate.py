@@ -154,6 +154,8 @@ def _to_remote(
             )
             return {"status": LOCAL_ONLY, "sent": sent, "failed": backup_id, "error": str(exc)}
         _mark(tree, backup_id, remote, status=REPLICATED)
+    if not remote.prunes:
+        return {"status": REPLICATED, "sent": sent, "deleted": [], "prune": "off (write-once)"}
     try:
         pruned = prune_remote(rclone, policy, now)
     except OffsiteError as exc:  # retention waits for the next run; the copies are there

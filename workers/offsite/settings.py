@@ -21,9 +21,11 @@ from workers.config import ConfigError, _int, _secret
 _REMOTE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 _BWLIMIT = re.compile(r"^\d+(\.\d+)?[KMG]?$", re.IGNORECASE)
 # The URL options each kind of remote takes; anything else is a typo or a credential.
+# prune=off: a write-once remote (S3 Object Lock, an append-only SFTP account) whose own
+# rules expire old copies; this host never deletes there.
 OPTIONS = {
-    "sftp": frozenset({"key_file", "known_hosts_file"}),
-    "s3": frozenset({"endpoint", "region", "provider"}),
+    "sftp": frozenset({"key_file", "known_hosts_file", "prune"}),
+    "s3": frozenset({"endpoint", "region", "provider", "prune"}),
 }
 # S3-compatible services rclone knows by name, recognised from the endpoint's host.
 PROVIDERS = (
@@ -44,6 +46,11 @@ class Remote:
     path: str  # below the host (sftp: absolute) or the bucket (s3)
     options: dict = field(default_factory=dict)
     secrets: dict = field(default_factory=dict, repr=False)  # password / access keys
+
+    @property
+    def prunes(self) -> bool:
+        """False for a write-once remote: its own lifecycle rules expire old copies."""
+        return self.options.get("prune", "on") == "on"
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,8 @@ def _remote(env: Mapping[str, str], item: str) -> Remote:
             f"{where}: unknown option {unknown[0]!r} (allowed: {allowed}; "
             f"credentials go in XIEHE_OFFSITE_{name.upper()}_* variables)"
         )
+    if options.get("prune", "on") not in ("on", "off"):
+        raise ConfigError(f"{where}: prune must be on or off")
     try:
         port = parsed.port
     except ValueError:
