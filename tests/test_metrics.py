@@ -132,3 +132,18 @@ def test_endpoint_reports_the_binlog_archives_rpo(endpoint):
     state.write_text(json.dumps({"complete_until": time.time() - 120}))
     got = samples(scrape(url, time.monotonic() + 30))
     assert 119 <= got[("xiehe_backup_rpo_seconds",)] < 180
+
+
+def test_offsite_copies_from_the_local_records(tmp_path):
+    tree = Tree(tmp_path)
+    tree.ensure()
+    sent = make_backup(tree, GOOD_AT, b"rdb")
+    manifests.update(tree, sent, offsite={"dr": {"status": "replicated"}})
+    behind = make_backup(tree, GOOD_AT + timedelta(days=1), b"rdb")
+    manifests.update(tree, behind, offsite={"dr": {"status": "local-only", "error": "refused"}})
+    got = samples(metrics.text(tree))
+    finished = datetime.fromisoformat(manifests.read(tree, sent)["finished_at"]).timestamp()
+    assert got[("xiehe_backup_offsite_last_success_timestamp_seconds", ("remote", "dr"))] == (
+        finished
+    )
+    assert got[("xiehe_backup_offsite_local_only", ("remote", "dr"))] == 1

@@ -17,6 +17,7 @@ from tests.conftest import unique
 from tests.support.cli import cli, last_line
 from tests.support.offsite import S3Server, SftpServer
 from tests.support.stack import assert_same
+from tests.support.webhook import Receiver
 
 FAST_RETRY = {"XIEHE_OFFSITE_RETRIES": "2", "XIEHE_OFFSITE_BACKOFF_S": "1"}
 
@@ -123,12 +124,14 @@ def test_connection_cut_mid_upload_keeps_local_and_next_run_completes(
     noise.start()
     noise.wait()
     noise.remove()
+    hook = Receiver()
     env = {
         **env,
         **FAST_RETRY,
         "XIEHE_OFFSITE": f"dr={sftp_server.url()}",
         "XIEHE_OFFSITE_BWLIMIT": "256k",
         "XIEHE_OFFSITE_TIMEOUT_S": "5",
+        "XIEHE_NOTIFY_URLS": hook.url,
     }
     worker_factory(env)
     backup_id = last_line(cli(env, "backup", "--detach"))
@@ -150,6 +153,11 @@ def test_connection_cut_mid_upload_keeps_local_and_next_run_completes(
     assert manifest["offsite"]["dr"]["status"] == "local-only"
     assert not (sftp_server.root / f"manifest_{backup_id}.json").exists()
     assert cli(env, "verify", backup_id).returncode == 0  # the local backup is good
+    [alert] = hook.bodies  # one alert: the off-site copy, not the backup, failed
+    assert f"offsite.failed {backup_id}" in alert["title"]
+    assert "local only" in alert["message"]
+    listed = {r["id"]: r for r in json.loads(cli(env, "list", "--json").stdout)}
+    assert listed[backup_id]["offsite"] == {"dr": "local-only"}
 
     sftp_server.start()
     second = _backup(env)
@@ -158,6 +166,8 @@ def test_connection_cut_mid_upload_keeps_local_and_next_run_completes(
         assert _local_manifest(env, done)["offsite"]["dr"]["status"] == "replicated"
         proc = cli(env, "verify", "--remote", "dr", done)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(hook.bodies) == 1
+    hook.server.shutdown()
 
 
 def test_s3_copies_follow_retention_and_restore_alone(stack, s3_server, worker_factory, tmp_path):

@@ -75,6 +75,29 @@ def _drill_families(all_manifests: list[dict]) -> Iterator:
     yield _gauge("drill_last_ok", "1 if the last restore drill passed", 1 if last.get("ok") else 0)
 
 
+def _offsite_families(all_manifests: list[dict]) -> Iterator:
+    """From the local manifests' off-site records: no remote is contacted on a scrape."""
+    records = [(name, m, r) for m in all_manifests for name, r in (m.get("offsite") or {}).items()]
+    if not records:
+        return
+    last = GaugeMetricFamily(
+        PREFIX + "offsite_last_success_timestamp_seconds",
+        "finish time of the newest backup copied to this remote",
+        labels=["remote"],
+    )
+    local_only = GaugeMetricFamily(
+        PREFIX + "offsite_local_only", "verified backups not yet on this remote", labels=["remote"]
+    )
+    for name in sorted({n for n, _, _ in records}):
+        mine = [(m, r) for n, m, r in records if n == name]
+        sent = [m for m, r in mine if r.get("status") == "replicated"]
+        last.add_metric([name], max((_ts(m.get("finished_at")) for m in sent), default=0.0))
+        missing = [m for m, r in mine if r.get("status") != "replicated"]
+        local_only.add_metric([name], sum(1 for m in missing if m.get("status") == "verified"))
+    yield last
+    yield local_only
+
+
 def _failures(tree: Tree, all_manifests: list[dict]) -> CounterMetricFamily:
     counts = {"backup": 0, "restore": 0, "drill": 0}
     for run in journal.all_runs(tree):
@@ -112,6 +135,7 @@ class TreeCollector:
         all_manifests = manifests.read_all(self.tree)
         yield from _backup_families(all_manifests)
         yield from _drill_families(all_manifests)
+        yield from _offsite_families(all_manifests)
         yield _failures(self.tree, all_manifests)
         if self.settings is None:
             return
