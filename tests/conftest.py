@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pymysql
 import pytest
 
+from tests.support.offsite import S3Server, SftpServer
 from tests.support.servers import RedisServer, Worker
 
 HELPER_IMAGE = os.environ.get("XIEHE_TEST_HELPER_IMAGE", "xiehe/helper:busybox")
@@ -170,3 +172,29 @@ def mysql_users(conn, db: str) -> tuple[str, str]:
         cur.execute(f"GRANT ALL PRIVILEGES ON `drill\\_%`.* TO '{restore_user}'@'%'")
         cur.execute(f"GRANT SET USER ON *.* TO '{restore_user}'@'%'")
     return backup_user, restore_user
+
+
+def require_offsite_tools(*tools: str, root: bool = False) -> None:
+    missing = [t for t in tools if not shutil.which(t)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (ops/ensure_services.sh installs them)")
+    if root and os.geteuid() != 0:
+        pytest.skip(
+            "the SFTP test server needs root (a user of its own, sshd privilege separation)"
+        )
+
+
+@pytest.fixture
+def sftp_server(tmp_path):
+    require_offsite_tools("rclone", "sshd", "ssh-keygen", root=True)
+    server = SftpServer(tmp_path / "sftp", unique("dr"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def s3_server(tmp_path):
+    require_offsite_tools("rclone", "moto_server")
+    server = S3Server(tmp_path / "s3")
+    yield server
+    server.close()

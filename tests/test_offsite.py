@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import time
 from pathlib import Path
@@ -13,39 +14,12 @@ from pathlib import Path
 import pytest
 import redis as redis_py
 
-from tests.conftest import unique
 from tests.support.cli import cli, last_line
-from tests.support.offsite import S3Server, SftpServer
+from tests.support.offsite import SFTP_USER, S3Server, SftpServer
 from tests.support.stack import assert_same
 from tests.support.webhook import Receiver
 
 FAST_RETRY = {"XIEHE_OFFSITE_RETRIES": "2", "XIEHE_OFFSITE_BACKOFF_S": "1"}
-
-
-def _require(*tools: str) -> None:
-    missing = [t for t in tools if not shutil.which(t)]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (ops/ensure_services.sh installs them)")
-    if os.geteuid() != 0:
-        pytest.skip(
-            "the SFTP test server needs root (a user of its own, sshd privilege separation)"
-        )
-
-
-@pytest.fixture
-def sftp_server(tmp_path):
-    _require("rclone", "sshd", "ssh-keygen")
-    server = SftpServer(tmp_path / "sftp", unique("dr"))
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def s3_server(tmp_path):
-    _require("rclone", "moto_server")
-    server = S3Server(tmp_path / "s3")
-    yield server
-    server.close()
 
 
 def _backup(env) -> str:
@@ -220,11 +194,13 @@ def _transport(server: SftpServer):
 
 
 def _plant(server: SftpServer, rel: str, data: bytes) -> None:
+    """A file on the remote as if the SFTP user had written it."""
+    user = pwd.getpwnam(SFTP_USER)
     path = server.root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-    os.chmod(path.parent, 0o755)
-    os.chmod(path, 0o644)
+    for made in (path.parent, path):
+        os.chown(made, user.pw_uid, user.pw_gid)
 
 
 def test_a_hostile_or_damaged_remote_copy_replaces_nothing(sftp_server, tmp_path):
@@ -261,3 +237,37 @@ def test_a_hostile_or_damaged_remote_copy_replaces_nothing(sftp_server, tmp_path
             fetch(tree, _transport(sftp_server), "20260101_000000")
         assert not escape.exists()
     assert not tree.manifest("20260101_000000").exists()
+
+
+def _plant_backup(server: SftpServer, backup_id: str, status: str) -> list[str]:
+    rel = f"redis/dump_{backup_id}.rdb.zst"
+    _plant(server, rel, b"rdb of " + backup_id.encode())
+    _plant(server, f"backup_info_{backup_id}.txt", b"info")
+    at = f"{backup_id[:4]}-{backup_id[4:6]}-{backup_id[6:8]}T{backup_id[9:11]}:00:00+08:00"
+    manifest = {
+        "id": backup_id,
+        "status": status,
+        "created_at": at,
+        "artifacts": [{"path": rel, "size_bytes": 1, "sha256": "0"}],
+    }
+    _plant(server, f"manifest_{backup_id}.json", json.dumps(manifest).encode())
+    return [rel, f"backup_info_{backup_id}.txt", f"manifest_{backup_id}.json"]
+
+
+def test_remote_retention_reads_the_remote_and_keeps_its_newest_verified_copy(sftp_server):
+    from workers.offsite.prune import prune_remote
+    from workers.policy.retention import Policy
+
+    ids = ["20260101_020000", "20260102_020000", "20260103_020000", "20260104_020000"]
+    statuses = ["verified", "verified", "verified", "failed-verification"]
+    files = {i: _plant_backup(sftp_server, i, s) for i, s in zip(ids, statuses, strict=True)}
+    nothing = Policy(last=0, daily=0, weekly=0, monthly=0)
+    transport = _transport(sftp_server)
+
+    dry = prune_remote(transport, nothing, dry_run=True)
+    assert dry["deleted"] == [] and all((sftp_server.root / f).exists() for f in files[ids[0]])
+    result = prune_remote(transport, nothing)
+    assert result["deleted"] == [ids[0], ids[1], ids[3]]
+    for backup_id, rels in files.items():
+        kept = backup_id == ids[2]  # the newest verified, whatever the policy says
+        assert all((sftp_server.root / rel).exists() == kept for rel in rels), backup_id

@@ -1,19 +1,22 @@
 """Secrets stay secret during a real backup (issue 6, item 2).
 
 The MySQL password comes from XIEHE_MYSQL_PASSWORD_FILE, the Redis password inside
-XIEHE_REDIS_URL.  While the backup runs, no process's command line holds either; after
-it, neither is in the worker's log, in any file of the backup tree (artifacts' names,
+XIEHE_REDIS_URL, the off-site S3 secret key from XIEHE_OFFSITE_OSS_SECRET_ACCESS_KEY.  While
+the backup runs (rclone included), no process's command line holds any; after
+it, none is in the worker's log, in any file of the backup tree (artifacts' names,
 manifest, backup_info, journal) nor in any value the broker stores (task messages,
 results, progress, locks).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
 from tests.conftest import BACKUP_PASSWORD
-from tests.support.cli import cli
+from tests.support.cli import cli, last_line
+from tests.support.offsite import S3Server
 from tests.support.stack import fill_redis
 
 REDIS_PASSWORD = "redis-pw-Qm4TzV8"
@@ -51,7 +54,7 @@ def broker_values(client) -> list[bytes]:
     return out
 
 
-def test_passwords_appear_nowhere(stack, redis_server, worker_factory, broker, tmp_path):
+def test_passwords_appear_nowhere(stack, redis_server, worker_factory, broker, s3_server, tmp_path):
     st, env = stack
     secret_redis = redis_server("--requirepass", REDIS_PASSWORD)
     url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{secret_redis.port}/0"
@@ -61,7 +64,12 @@ def test_passwords_appear_nowhere(stack, redis_server, worker_factory, broker, t
     password_file.chmod(0o600)
     env = {k: v for k, v in env.items() if k != "XIEHE_MYSQL_PASSWORD"}
     env.update(XIEHE_MYSQL_PASSWORD_FILE=str(password_file), XIEHE_REDIS_URL=url)
-    secrets = [BACKUP_PASSWORD.encode(), REDIS_PASSWORD.encode()]
+    env.update(  # an off-site copy too: rclone is handed its keys by environment only
+        XIEHE_OFFSITE=f"oss={s3_server.url('xiehe-secrets', 'p')}",
+        XIEHE_OFFSITE_OSS_ACCESS_KEY_ID=S3Server.ACCESS_KEY,
+        XIEHE_OFFSITE_OSS_SECRET_ACCESS_KEY=S3Server.SECRET_KEY,
+    )
+    secrets = [BACKUP_PASSWORD.encode(), REDIS_PASSWORD.encode(), S3Server.SECRET_KEY.encode()]
     worker = worker_factory(env)
     stop, found = threading.Event(), []
     watcher = threading.Thread(target=command_lines_with, args=(secrets, stop, found))
@@ -72,6 +80,8 @@ def test_passwords_appear_nowhere(stack, redis_server, worker_factory, broker, t
         stop.set()
         watcher.join()
     assert proc.returncode == 0, proc.stderr
+    replicated = json.loads(cli(env, "show", last_line(proc), "--json").stdout)["offsite"]
+    assert replicated["oss"]["status"] == "replicated"
     assert found == [], found
     for secret in secrets:
         assert secret.decode() not in proc.stdout + proc.stderr
