@@ -7,6 +7,7 @@ import argparse
 import json
 
 from producers.cli import common
+from workers.offsite.lock import holding
 from workers.offsite.prune import prune_remote
 from workers.ops import settings as ops_settings
 from workers.ops.retention import prune
@@ -22,8 +23,9 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.remote:
-        policy = ops_settings.load().policy
-        result = prune_remote(common.remote(args.remote), policy, dry_run=args.dry_run)
+        settings, transport = common.settings(), common.remote(args.remote)
+        with holding(common.broker(settings), settings, args.remote, "prune"):
+            result = prune_remote(transport, ops_settings.load().policy, dry_run=args.dry_run)
     else:
         result = prune(common.settings(), dry_run=args.dry_run)
     if args.json:

@@ -23,13 +23,13 @@ from workers.clock import now_iso
 from workers.config import Settings
 from workers.errors import LockBusy
 from workers.offsite import catalog
+from workers.offsite.lock import holding
 from workers.offsite.prune import prune_remote
 from workers.offsite.rclone import HASH, OffsiteError, Rclone
 from workers.offsite.settings import OffsiteSettings, Remote
 from workers.ops import alerts
 from workers.ops.retention import summary
 from workers.policy.retention import Policy, decide
-from workers.store import locks
 from workers.store import manifest as manifests
 from workers.store.layout import Tree
 
@@ -177,18 +177,11 @@ def replicate_pending(
     tree = Tree(settings.backup_dir)
     out = {}
     for remote in offsite.remotes:
-        try:  # one run at a time sends to a remote; a busy remote is caught up next time
-            held = locks.acquire(
-                client, [f"offsite:{remote.name}"], current, settings.lock_ttl, settings.lock_wait
-            )
-        except LockBusy as exc:
-            out[remote.name] = {"status": "busy", "error": str(exc)}
-            continue
         try:
-            with locks.heartbeat(client, held, settings.lock_ttl):
+            with holding(client, settings, remote.name, current):
                 out[remote.name] = _to_remote(
                     tree, Rclone(remote, offsite), current, policy, on_bytes, now
                 )
-        finally:
-            locks.release(client, held)
+        except LockBusy as exc:  # the run holding it sends what this one would have
+            out[remote.name] = {"status": "busy", "error": str(exc)}
     return out

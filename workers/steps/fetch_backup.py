@@ -6,10 +6,12 @@ from __future__ import annotations
 from workers.context import StepContext
 from workers.offsite import settings as offsite_settings
 from workers.offsite.fetch import fetch
+from workers.offsite.lock import holding
 from workers.offsite.rclone import Rclone
 
 
 def fetch_backup(run: dict, ctx: StepContext) -> dict:
     offsite = offsite_settings.load()
     rclone = Rclone(offsite.remote(run["from_remote"]), offsite)
-    return fetch(ctx.tree, rclone, run["backup_id"], on_bytes=ctx.progress.add)
+    with holding(ctx.broker, ctx.settings, run["from_remote"], run["id"]):  # no prune meanwhile
+        return fetch(ctx.tree, rclone, run["backup_id"], on_bytes=ctx.progress.add)
