@@ -271,3 +271,48 @@ def test_remote_retention_reads_the_remote_and_keeps_its_newest_verified_copy(sf
     for backup_id, rels in files.items():
         kept = backup_id == ids[2]  # the newest verified, whatever the policy says
         assert all((sftp_server.root / rel).exists() == kept for rel in rels), backup_id
+
+
+def test_encrypted_backups_leave_the_host_encrypted_and_come_back_with_the_key(
+    stack, s3_server, worker_factory, mysql_conn, tmp_path
+):
+    import pyrage
+
+    from workers.offsite import settings as offsite_settings
+    from workers.offsite.rclone import Rclone
+
+    st, env = stack
+    identity = pyrage.x25519.Identity.generate()
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(f"{identity}\n")
+    key_file.chmod(0o600)
+    env = {
+        **env,
+        **FAST_RETRY,
+        "XIEHE_AGE_RECIPIENTS": str(identity.to_public()),
+        "XIEHE_OFFSITE": f"oss={s3_server.url('xiehe-sealed', 'prod')}",
+        "XIEHE_OFFSITE_OSS_ACCESS_KEY_ID": S3Server.ACCESS_KEY,
+        "XIEHE_OFFSITE_OSS_SECRET_ACCESS_KEY": S3Server.SECRET_KEY,
+    }
+    worker = worker_factory(env)  # holds no private key
+    before = st.snapshot()
+    backup_id = _backup(env)
+
+    offsite = offsite_settings.load(env)
+    transport = Rclone(offsite.remotes[0], offsite)
+    for artifact in _local_manifest(env, backup_id)["artifacts"]:
+        remote_bytes = transport.read(artifact["path"])
+        assert hashlib.sha256(remote_bytes).hexdigest() == artifact["sha256"]
+        if artifact["kind"] != "mysql-index":
+            assert remote_bytes.startswith(b"age-encryption.org/v1")
+            assert "患者".encode() not in remote_bytes and b"session:1" not in remote_bytes
+
+    shutil.rmtree(env["XIEHE_BACKUP_DIR"])
+    with mysql_conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE `{st.db}`")
+    worker.stop()
+    restore_env = {**env, "XIEHE_AGE_IDENTITY_FILE": str(key_file)}
+    worker_factory(restore_env)
+    proc = cli(restore_env, "restore", backup_id, "--from", "oss", "--only", "mysql", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert_same(before, st.snapshot())
