@@ -119,6 +119,26 @@ def base_env(broker_url: str, backup_dir: Path) -> dict[str, str]:
     return env
 
 
+def all_targets_env(
+    broker_url: str, backup_dir: Path, database: str, redis_url: str, volume: str, monkeypatch
+) -> dict[str, str]:
+    """Every kind of target, MySQL as root, exported to this process too (for operations
+    the test runs in-process)."""
+    env = base_env(broker_url, backup_dir)
+    env.update(
+        XIEHE_MYSQL_HOST=MYSQL["host"],
+        XIEHE_MYSQL_PORT=str(MYSQL["port"]),
+        XIEHE_MYSQL_USER=MYSQL["user"],
+        XIEHE_MYSQL_DATABASES=database,
+        XIEHE_REDIS_URL=redis_url,
+        XIEHE_VOLUMES=volume,
+    )
+    for key, value in env.items():
+        if key.startswith("XIEHE_"):
+            monkeypatch.setenv(key, value)
+    return env
+
+
 @pytest.fixture
 def stack(mysql_conn, scratch_db, redis_server, docker_client, helper_image, broker, tmp_path):
     """A filled XieHe-like stack and the environment of a worker that backs it up."""

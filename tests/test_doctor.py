@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from producers.cli.main import main
-from tests.conftest import MYSQL, base_env, unique
+from tests.conftest import all_targets_env, unique
 from tests.support.fake_backups import make_backup
 from tests.support.servers import free_port
 from workers.ops.health import beat_lock_key
@@ -38,19 +38,11 @@ def stack(
         volumes={volume.name: {"bind": "/data", "mode": "rw"}},
     )
     app_redis = redis_server()
-    env = base_env(broker.url, tmp_path / "backups")
-    env.update(
-        XIEHE_MYSQL_HOST=MYSQL["host"],
-        XIEHE_MYSQL_PORT=str(MYSQL["port"]),
-        XIEHE_MYSQL_USER=MYSQL["user"],
-        XIEHE_MYSQL_DATABASES=database,
-        XIEHE_REDIS_URL=app_redis.url,
-        XIEHE_VOLUMES=volume.name,
-        XIEHE_STOP_CONTAINERS=container.name,
+    monkeypatch.setenv("XIEHE_STOP_CONTAINERS", container.name)
+    env = all_targets_env(
+        broker.url, tmp_path / "backups", database, app_redis.url, volume.name, monkeypatch
     )
-    for key, value in env.items():
-        if key.startswith("XIEHE_"):
-            monkeypatch.setenv(key, value)
+    env["XIEHE_STOP_CONTAINERS"] = container.name
     tree = Tree(tmp_path / "backups")
     tree.ensure()
     make_backup(tree, datetime.now(UTC), b"not checked by doctor")

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from producers.cli.main import main
-from tests.conftest import MYSQL, base_env, unique
+from tests.conftest import all_targets_env, unique
 from workers import workflows
 from workers.store import manifest as manifests
 from workers.store.layout import Tree
@@ -44,18 +44,9 @@ def backup(
         volumes={volume.name: {"bind": "/v", "mode": "rw"}},
         remove=True,
     )
-    env = base_env(broker.url, tmp_path / "backups")
-    env.update(
-        XIEHE_MYSQL_HOST=MYSQL["host"],
-        XIEHE_MYSQL_PORT=str(MYSQL["port"]),
-        XIEHE_MYSQL_USER=MYSQL["user"],
-        XIEHE_MYSQL_DATABASES=database,
-        XIEHE_REDIS_URL=app_redis.url,
-        XIEHE_VOLUMES=volume.name,
+    all_targets_env(
+        broker.url, tmp_path / "backups", database, app_redis.url, volume.name, monkeypatch
     )
-    for key, value in env.items():
-        if key.startswith("XIEHE_"):
-            monkeypatch.setenv(key, value)
     run = workflows.new_backup_run(
         workflows.reserve_id(broker.client()), ["mysql", "redis", "volumes"], {}, "drill test"
     )

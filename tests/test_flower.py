@@ -15,6 +15,7 @@ import redis
 import requests
 
 from tests.conftest import base_env
+from tests.support.cli import cli, last_line
 from tests.support.servers import free_port, spawn, stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,15 +106,9 @@ def test_flower_needs_auth_shows_every_step_and_no_secret(
     assert flower.get("/api/tasks").status_code == 401
     assert flower.get("/api/tasks", ("admin", "wrong")).status_code == 401
     assert flower.get("/").status_code == 401
-    out = subprocess.run(
-        [sys.executable, "-m", "producers.cli.main", "backup"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = cli(env, "backup")
     assert out.returncode == 0, out.stderr
-    backup_id = out.stdout.strip()
+    backup_id = last_line(out)
 
     deadline = time.monotonic() + 30
     while set(run_tasks(flower, auth, backup_id)) != STEPS and time.monotonic() < deadline:
