@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import base_env
-from tests.support.servers import spawn, stop_group
+from tests.support.servers import spawn, started, stop_group
 
 STREAM, REPLIES = "xiehe:events", "xiehe:events:replies"
 
@@ -28,16 +28,7 @@ class EventsConsumer:
 
 @pytest.fixture
 def consumers(tmp_path):
-    started: list[EventsConsumer] = []
-
-    def make(env: dict[str, str]) -> EventsConsumer:
-        consumer = EventsConsumer(env, tmp_path / f"events{len(started)}.log")
-        started.append(consumer)
-        return consumer
-
-    yield make
-    for consumer in started:
-        consumer.stop()
+    yield from started(EventsConsumer, tmp_path, "events")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from redbeat.decoder import RedBeatJSONEncoder
 
 from tests.conftest import base_env
-from tests.support.servers import celery, spawn, stop_group
+from tests.support.servers import celery, spawn, started, stop_group
 from workers.config import ConfigError
 from workers.schedule import beat_schedule
 
@@ -44,16 +44,7 @@ class Beat:
 
 @pytest.fixture
 def beats(tmp_path):
-    started: list[Beat] = []
-
-    def make(env: dict[str, str]) -> Beat:
-        beat = Beat(env, tmp_path / f"beat{len(started)}.log")
-        started.append(beat)
-        return beat
-
-    yield make
-    for beat in started:
-        beat.stop()
+    yield from started(Beat, tmp_path, "beat")
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
@@ -91,6 +92,19 @@ def stop_group(proc: subprocess.Popen | None, sig: int = signal.SIGTERM) -> None
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def started(kind, tmp_path: Path, prefix: str) -> Iterator[Callable[[dict], object]]:
+    """A fixture's body: `make(env)` starts a `kind(env, logfile)`; all stopped at the end."""
+    made: list = []
+
+    def make(env: dict[str, str]):
+        made.append(kind(env, tmp_path / f"{prefix}{len(made)}.log"))
+        return made[-1]
+
+    yield make
+    for process in made:
+        process.stop()
 
 
 def celery(*args: str) -> list[str]:
