@@ -14,7 +14,6 @@ from producers.cli import common
 from workers import workflows
 from workers.config import Settings
 from workers.errors import BackupError
-from workers.offsite import settings as offsite_settings
 from workers.progress import read as read_progress
 
 KINDS = ("mysql", "redis", "volumes")
@@ -57,8 +56,7 @@ def enqueue(
     if check_worker:
         common.require_worker()
     backup_id = backup_id or workflows.reserve_id(client)
-    offsite = bool(offsite_settings.load().remotes)
-    run = workflows.new_backup_run(backup_id, kinds, skipped, reason, offsite)
+    run = workflows.new_backup_run(backup_id, kinds, skipped, reason)
     workflows.signature(run, settings).apply_async()
     return backup_id
 

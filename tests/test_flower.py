@@ -25,6 +25,7 @@ STEPS = {
     "backup.snapshot_redis",
     "backup.verify",
     "backup.publish",
+    "backup.replicate",
     "backup.prune",
     "backup.notify",
 }

@@ -57,7 +57,8 @@ def test_a_waiting_run_then_its_recent_record(stack, worker_factory, broker):
 
         view = wait_for(running, "the run never showed as running in preflight")
         rows = steps_of(view)
-        assert list(rows) == ["preflight", "snapshot_redis", "verify", "publish", "prune", "notify"]
+        plan = ["preflight", "snapshot_redis", "verify", "publish", "replicate", "prune", "notify"]
+        assert list(rows) == plan
         assert rows["preflight"]["duration_s"] >= 0
         assert {rows[n]["status"] for n in list(rows)[1:]} == {"pending"}
         text = cli(env, "status").stdout

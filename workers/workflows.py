@@ -61,9 +61,11 @@ def reserve_id(broker: redis.Redis, prefix: str = "") -> str:
 
 
 def new_backup_run(
-    backup_id: str, kinds: list[str], skipped: dict, reason: str, offsite: bool = False
+    backup_id: str, kinds: list[str], skipped: dict, reason: str, offsite: bool = True
 ) -> dict:
-    """`offsite`: remotes are configured, which adds the replicate step."""
+    """`offsite=False`: a backup that stays on this host (a restore's safety copy; the next
+    run sends it).  Otherwise the replicate step copies it to the remotes the worker has
+    (XIEHE_OFFSITE), or says none is configured."""
     return {
         "id": backup_id,
         "type": "backup",

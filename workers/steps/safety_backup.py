@@ -25,7 +25,8 @@ def safety_backup(run: dict, ctx: StepContext) -> dict:
         if not databases:
             kinds.remove("mysql")
     backup_id = workflows.reserve_id(ctx.broker)
-    safety = workflows.new_backup_run(backup_id, kinds, notes, f"pre-restore {run['backup_id']}")
+    reason = f"pre-restore {run['backup_id']}"
+    safety = workflows.new_backup_run(backup_id, kinds, notes, reason, offsite=False)
     safety.update(
         inherit_locks=True,
         locks=run["locks"],
