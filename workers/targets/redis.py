@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import redis
@@ -57,6 +57,9 @@ CHILDREN = ("rdb_bgsave_in_progress", "aof_rewrite_in_progress", "module_fork_in
 POLL_MAX = 0.1  # s between two polls of a long save: its end is seen this late at most
 BATCH = 500  # keys per DUMP/RESTORE pipeline round trip
 PIPELINE_DEPTH = 8  # chunks (of up to CHUNK bytes) read ahead of the compression
+# An RDB's strings are LZF-compressed already: zstd -3 makes it only ~6% smaller than -1
+# (54 MB reference RDB: 25.8 vs 27.5 MB) for about three times the CPU.
+RDB_ZSTD_LEVEL = 1
 
 Progress = Callable[[int], None]  # called with the bytes moved since the last call
 Emit = Callable[[bytes], None]
@@ -191,7 +194,9 @@ def snapshot(
     codec: Codec,
     progress: Progress,
 ) -> dict:
-    """Write out_dir/dump_<backup_id>.rdb[.zst][.age], checked; progress gets RDB bytes."""
+    """Write out_dir/dump_<backup_id>.rdb[.zst][.age], checked; progress gets RDB bytes.
+    zstd runs at RDB_ZSTD_LEVEL at most, whatever the configured level."""
+    codec = replace(codec, zstd_level=min(codec.zstd_level, RDB_ZSTD_LEVEL))
     client = _client(settings.url)
     with _errors(settings.url, "cannot read Redis's state"):
         version = client.info("server")["redis_version"]
