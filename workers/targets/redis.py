@@ -54,7 +54,9 @@ SAVE_TIMEOUT = 3600  # s for a BGSAVE of a large dataset
 READY_TIMEOUT = 600  # s for a (re)started server to load its RDB
 STOP_TIMEOUT = 60  # s for Redis to shut down cleanly (it may fsync or save on SIGTERM)
 CHILDREN = ("rdb_bgsave_in_progress", "aof_rewrite_in_progress", "module_fork_in_progress")
-POLL_MAX = 0.1  # s between two polls of a long save: its end is seen this late at most
+# A save's end is seen by polling INFO (~0.1 ms of Redis per poll), every POLL_SHARE of the
+# time waited so far: at most that share late, within POLL_MIN..POLL_MAX seconds.
+POLL_MIN, POLL_MAX, POLL_SHARE = 0.005, 0.1, 0.02
 BATCH = 500  # keys per DUMP/RESTORE pipeline round trip
 PIPELINE_DEPTH = 8  # chunks (of up to CHUNK bytes) read ahead of the compression
 # An RDB's strings are LZF-compressed already: zstd -3 makes it only ~6% smaller than -1
@@ -362,15 +364,15 @@ def _bgsave(client: redis.Redis) -> None:
 
 def _wait_idle(client: redis.Redis, deadline: float, running: tuple[str, ...]) -> dict:
     """Poll INFO persistence until none of its `running` flags is set; return that INFO."""
-    delay = 0.005
+    start = time.monotonic()
     while True:
         info = client.info("persistence")
         if not any(info.get(flag) for flag in running):
             return info
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             raise TargetError("redis", f"BGSAVE did not finish within {SAVE_TIMEOUT} s")
-        time.sleep(delay)
-        delay = min(delay * 1.5, POLL_MAX)
+        time.sleep(min(POLL_MAX, max(POLL_MIN, (now - start) * POLL_SHARE)))
 
 
 def _tar_reader(container, path: PurePosixPath) -> tarfile.TarFile:
