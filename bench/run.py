@@ -9,7 +9,7 @@ memory of each process tree (PSS of the tree, RSS of its largest process) for it
 Prints one table, the ratios the targets of issue 7 name with PASS/FAIL, and writes
 everything to bench/results/<timestamp>.json.
 
-Our code runs in a child Python process per measurement (`_ours` below), so its peak is
+Our code runs in a child Python process per measurement (bench/ours.py), so its peak is
 that process alone; the end-to-end rows run through a real Celery worker, whose whole
 process tree is what "worker peak" measures.  Work done inside dockerd (our volume reads
 go through the engine API; the peers read the volume's mountpoint directly) is not counted
@@ -33,11 +33,11 @@ from datetime import datetime
 from pathlib import Path
 
 from bench import generate as gen
+from bench.ours import UNAVAILABLE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 POLL = 0.05  # seconds between two RSS samples
 PAGE = os.sysconf("SC_PAGE_SIZE")
-UNAVAILABLE = 3  # exit status of `_ours` when our function does not exist yet
 MEMORY_LIMIT_MB = 300
 
 
@@ -178,88 +178,9 @@ class Bench:
 # --------------------------------------------------------------------------- our side
 
 
-def _ours(case: str, params: dict) -> int:
-    """Child-process entry: call one of our target functions; print its result as JSON."""
-    try:
-        result = OURS[case](params)
-    except (ImportError, AttributeError) as exc:
-        print(f"{type(exc).__name__}: {exc}")
-        return UNAVAILABLE
-    print(json.dumps(result, default=str))
-    return 0
-
-
-def _mysql_settings(params: dict):
-    from workers.config import MySQLSettings
-
-    return MySQLSettings(
-        host=params["host"],
-        port=params["port"],
-        user=params["user"],
-        password=os.environ.get("XIEHE_MYSQL_PASSWORD", ""),
-        databases=(params["db"],),
-        system_db="medical_system",
-        parallel=params["parallel"],
-    )
-
-
-def _codec():
-    from workers.store.codec import Codec
-
-    return Codec("zstd", 3, ())
-
-
-def _ours_mysql_dump(p: dict) -> dict:
-    from workers.targets import mysql
-
-    result = mysql.dump(_mysql_settings(p), Path(p["out"]), p["id"], _codec(), lambda n: None)
-    return {"artifacts": result["artifacts"]}
-
-
-def _ours_mysql_restore(p: dict) -> dict:
-    from workers.targets import mysql
-
-    mysql.restore(_mysql_settings(p), Path(p["artifact"]), p["into"], None, lambda n: None)
-    return {}
-
-
-def _ours_redis_snapshot(p: dict) -> dict:
-    import docker
-
-    from workers.config import RedisSettings
-    from workers.targets import redis as redis_target
-
-    settings = RedisSettings(url=p["url"], container=p.get("container"))
-    engine = docker.from_env(timeout=600) if settings.container else None
-    result = redis_target.snapshot(
-        settings, engine, Path(p["out"]), p["id"], _codec(), lambda n: None
-    )
-    return {"artifacts": result["artifacts"], "mode": result["mode"]}
-
-
-def _ours_volume_archive(p: dict) -> dict:
-    import docker
-
-    from workers.targets import volumes
-
-    engine = docker.from_env(timeout=600)
-    previous = Path(p["previous"]) if p.get("previous") else None
-    result = volumes.archive(
-        engine, p["volume"], p["image"], Path(p["out"]), p["id"], _codec(), previous=previous
-    )
-    return {k: v for k, v in result.items() if k != "manifest_sha256"}
-
-
-OURS = {
-    "mysql-dump": _ours_mysql_dump,
-    "mysql-restore": _ours_mysql_restore,
-    "redis-snapshot": _ours_redis_snapshot,
-    "volume-archive": _ours_volume_archive,
-}
-
-
 def ours_cmd(case: str, **params) -> list[str]:
-    return [sys.executable, "-m", "bench.run", "_ours", case, json.dumps(params)]
+    """The argv of one measurement of our code: a child running bench/ours.py."""
+    return [sys.executable, "-m", "bench.ours", case, json.dumps(params)]
 
 
 # --------------------------------------------------------------------------- set-up
@@ -978,8 +899,6 @@ def benchmark(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_ours"]:
-        return _ours(argv[1], json.loads(argv[2]))
     args = parse(argv)
     report = benchmark(args)
     RESULTS.mkdir(exist_ok=True)

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import redis
@@ -54,9 +54,14 @@ SAVE_TIMEOUT = 3600  # s for a BGSAVE of a large dataset
 READY_TIMEOUT = 600  # s for a (re)started server to load its RDB
 STOP_TIMEOUT = 60  # s for Redis to shut down cleanly (it may fsync or save on SIGTERM)
 CHILDREN = ("rdb_bgsave_in_progress", "aof_rewrite_in_progress", "module_fork_in_progress")
-POLL_MAX = 0.1  # s between two polls of a long save: its end is seen this late at most
+# A save's end is seen by polling INFO (~0.1 ms of Redis per poll), every POLL_SHARE of the
+# time waited so far: at most that share late, within POLL_MIN..POLL_MAX seconds.
+POLL_MIN, POLL_MAX, POLL_SHARE = 0.005, 0.1, 0.02
 BATCH = 500  # keys per DUMP/RESTORE pipeline round trip
 PIPELINE_DEPTH = 8  # chunks (of up to CHUNK bytes) read ahead of the compression
+# An RDB's strings are LZF-compressed already: zstd -3 makes it only ~6% smaller than -1
+# (54 MB reference RDB: 25.8 vs 27.5 MB) for about three times the CPU.
+RDB_ZSTD_LEVEL = 1
 
 Progress = Callable[[int], None]  # called with the bytes moved since the last call
 Emit = Callable[[bytes], None]
@@ -191,7 +196,9 @@ def snapshot(
     codec: Codec,
     progress: Progress,
 ) -> dict:
-    """Write out_dir/dump_<backup_id>.rdb[.zst][.age], checked; progress gets RDB bytes."""
+    """Write out_dir/dump_<backup_id>.rdb[.zst][.age], checked; progress gets RDB bytes.
+    zstd runs at RDB_ZSTD_LEVEL at most, whatever the configured level."""
+    codec = replace(codec, zstd_level=min(codec.zstd_level, RDB_ZSTD_LEVEL))
     client = _client(settings.url)
     with _errors(settings.url, "cannot read Redis's state"):
         version = client.info("server")["redis_version"]
@@ -284,28 +291,33 @@ def _read_payload(reader: io.BufferedReader, emit: Emit) -> None:
         _read_exactly(reader, int(header), emit)
 
 
+# The master sends a diskless RDB in 16 KB pieces: each read gathers a whole CHUNK before
+# handing it over, so the compressing thread gets a few large chunks, not thousands of
+# small ones (the per-chunk hand-off, not the copy, was what cost).
+
+
 def _read_exactly(reader: io.BufferedReader, size: int, emit: Emit) -> None:
     while size:
-        data = reader.read1(min(CHUNK, size))
-        if not data:
+        data = reader.read(min(CHUNK, size))  # short only at the end of the stream
+        if len(data) < min(CHUNK, size):
             raise ConnectionError("the master closed the link before the end of the RDB")
         emit(data)
         size -= len(data)
 
 
 def _read_until_marker(reader: io.BufferedReader, marker: bytes, emit: Emit) -> None:
-    """Diskless format: the payload ends with the 40-byte marker announced in the header."""
-    pending = b""  # held back: it may be the start of the marker
-    while True:
+    """Diskless format: the payload ends with the 40-byte marker announced in the header
+    (nothing is read past it: a Redis before 7 keeps the link open)."""
+    window = bytearray()  # its last len(marker) bytes are held back: maybe the marker
+    while not window.endswith(marker):
         data = reader.read1(CHUNK)
         if not data:
             raise ConnectionError("the master closed the link before the end of the RDB")
-        window = pending + data
-        if window.endswith(marker):
-            emit(window[: -len(marker)])
-            return
-        emit(window[: -len(marker)])
-        pending = window[-len(marker) :]
+        window += data
+        if len(window) >= CHUNK + len(marker):
+            emit(bytes(window[: -len(marker)]))
+            del window[: -len(marker)]
+    emit(bytes(window[: -len(marker)]))
 
 
 def _snapshot_container(settings: RedisSettings, client: redis.Redis, docker, emit: Emit) -> None:
@@ -352,15 +364,15 @@ def _bgsave(client: redis.Redis) -> None:
 
 def _wait_idle(client: redis.Redis, deadline: float, running: tuple[str, ...]) -> dict:
     """Poll INFO persistence until none of its `running` flags is set; return that INFO."""
-    delay = 0.005
+    start = time.monotonic()
     while True:
         info = client.info("persistence")
         if not any(info.get(flag) for flag in running):
             return info
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             raise TargetError("redis", f"BGSAVE did not finish within {SAVE_TIMEOUT} s")
-        time.sleep(delay)
-        delay = min(delay * 1.5, POLL_MAX)
+        time.sleep(min(POLL_MAX, max(POLL_MIN, (now - start) * POLL_SHARE)))
 
 
 def _tar_reader(container, path: PurePosixPath) -> tarfile.TarFile:

@@ -1,0 +1,101 @@
+"""The child-process side of a measurement of our code (started by bench/run.py):
+
+    python3 -m bench.ours CASE JSON_PARAMS
+
+calls one of our target functions and prints its result as JSON.  It imports only what
+that call needs (no Celery, no data generator, Docker only in container mode): the
+peers it is compared with are native tools that start in a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+UNAVAILABLE = 3  # exit status when our function does not exist yet
+
+
+def _mysql_settings(params: dict):
+    from workers.config import MySQLSettings
+
+    return MySQLSettings(
+        host=params["host"],
+        port=params["port"],
+        user=params["user"],
+        password=os.environ.get("XIEHE_MYSQL_PASSWORD", ""),
+        databases=(params["db"],),
+        system_db="medical_system",
+        parallel=params["parallel"],
+    )
+
+
+def _codec():
+    from workers.store.codec import Codec
+
+    return Codec("zstd", 3, ())
+
+
+def _docker():
+    import docker
+
+    return docker.from_env(timeout=600)
+
+
+def _mysql_dump(p: dict) -> dict:
+    from workers.targets import mysql
+
+    result = mysql.dump(_mysql_settings(p), Path(p["out"]), p["id"], _codec(), lambda n: None)
+    return {"artifacts": result["artifacts"]}
+
+
+def _mysql_restore(p: dict) -> dict:
+    from workers.targets import mysql
+
+    mysql.restore(_mysql_settings(p), Path(p["artifact"]), p["into"], None, lambda n: None)
+    return {}
+
+
+def _redis_snapshot(p: dict) -> dict:
+    from workers.config import RedisSettings
+    from workers.targets import redis as redis_target
+
+    settings = RedisSettings(url=p["url"], container=p.get("container"))
+    engine = _docker() if settings.container else None
+    result = redis_target.snapshot(
+        settings, engine, Path(p["out"]), p["id"], _codec(), lambda n: None
+    )
+    return {"artifacts": result["artifacts"], "mode": result["mode"]}
+
+
+def _volume_archive(p: dict) -> dict:
+    from workers.targets import volumes
+
+    previous = Path(p["previous"]) if p.get("previous") else None
+    result = volumes.archive(
+        _docker(), p["volume"], p["image"], Path(p["out"]), p["id"], _codec(), previous=previous
+    )
+    return {k: v for k, v in result.items() if k != "manifest_sha256"}
+
+
+CASES = {
+    "mysql-dump": _mysql_dump,
+    "mysql-restore": _mysql_restore,
+    "redis-snapshot": _redis_snapshot,
+    "volume-archive": _volume_archive,
+}
+
+
+def main(case: str, params: dict) -> int:
+    try:
+        result = CASES[case](params)
+    except (ImportError, AttributeError) as exc:
+        print(f"{type(exc).__name__}: {exc}")
+        return UNAVAILABLE
+    print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], json.loads(sys.argv[2])))
