@@ -14,20 +14,25 @@ from workers.errors import BackupError
 NOT_VERBS = {"main", "common"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """Every verb's parser, or only `verb`'s when it names one: a command imports its own
+    module alone (the others pull in Docker, binlog and drill code it does not need)."""
     parser = argparse.ArgumentParser(
         prog="xiehe-backup",
         description="Backup, restore and disaster recovery for XieHe (MySQL, Redis, volumes).",
     )
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
-        if module not in NOT_VERBS:
-            importlib.import_module(f"producers.cli.{module}").register(sub)
+    modules = sorted(m.name for m in pkgutil.iter_modules(package.__path__))
+    modules = [m for m in modules if m not in NOT_VERBS]
+    wanted = (verb or "").replace("-", "_")
+    for module in [wanted] if wanted in modules else modules:
+        importlib.import_module(f"producers.cli.{module}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except ConfigError as exc:
