@@ -261,13 +261,21 @@ def test_remote_retention_reads_the_remote_and_keeps_its_newest_verified_copy(sf
     ids = ["20260101_020000", "20260102_020000", "20260103_020000", "20260104_020000"]
     statuses = ["verified", "verified", "verified", "failed-verification"]
     files = {i: _plant_backup(sftp_server, i, s) for i, s in zip(ids, statuses, strict=True)}
+    # A deletion cut short left a file behind; an upload cut short awaits its next run.
+    _plant(sftp_server, "volumes/uploads_20251231_020000.tar.zst", b"orphan")
+    _plant(sftp_server, "volumes/uploads_20260105_020000.tar.zst", b"partial")
     nothing = Policy(last=0, daily=0, weekly=0, monthly=0)
     transport = _transport(sftp_server)
+    sendable = frozenset({"20260105_020000"})
 
-    dry = prune_remote(transport, nothing, dry_run=True)
+    dry = prune_remote(transport, nothing, dry_run=True, sendable=sendable)
     assert dry["deleted"] == [] and all((sftp_server.root / f).exists() for f in files[ids[0]])
-    result = prune_remote(transport, nothing)
+    assert dry["orphans"] == ["volumes/uploads_20251231_020000.tar.zst"]
+    assert (sftp_server.root / dry["orphans"][0]).exists()
+    result = prune_remote(transport, nothing, sendable=sendable)
     assert result["deleted"] == [ids[0], ids[1], ids[3]]
+    assert not (sftp_server.root / "volumes/uploads_20251231_020000.tar.zst").exists()
+    assert (sftp_server.root / "volumes/uploads_20260105_020000.tar.zst").exists()
     for backup_id, rels in files.items():
         kept = backup_id == ids[2]  # the newest verified, whatever the policy says
         assert all((sftp_server.root / rel).exists() == kept for rel in rels), backup_id

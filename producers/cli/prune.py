@@ -9,6 +9,7 @@ import json
 from producers.cli import common
 from workers.offsite.lock import holding
 from workers.offsite.prune import prune_remote
+from workers.offsite.replicate import local_ids
 from workers.ops import settings as ops_settings
 from workers.ops.retention import prune
 
@@ -25,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     if args.remote:
         settings, transport = common.settings(), common.remote(args.remote)
         with holding(common.broker(settings), settings, args.remote, "prune"):
-            result = prune_remote(transport, ops_settings.load().policy, dry_run=args.dry_run)
+            policy, mine = ops_settings.load().policy, local_ids(common.tree())
+            result = prune_remote(transport, policy, dry_run=args.dry_run, sendable=mine)
     else:
         result = prune(common.settings(), dry_run=args.dry_run)
     if args.json:

@@ -1,10 +1,13 @@
 """Remote retention: the local policy (workers/policy/retention.py) applied to what the
 remote itself lists, so a remote that missed some runs keeps what it has.  The newest
 verified remote copy is never deleted.  As locally, the manifest goes first: a backup cut
-short in deletion is never taken for a complete one."""
+short in deletion is never taken for a complete one; its leftover files (and those of an
+upload abandoned for good) are removed by the next prune, unless the backup is still one
+this host may send (`sendable`: a copy cut short is completed, not deleted)."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from workers.offsite import catalog
@@ -12,9 +15,25 @@ from workers.offsite.rclone import Rclone
 from workers.ops.retention import summary
 from workers.policy.retention import Policy, decide, is_good
 
+_OWNER = re.compile(r"_(\d{8}_\d{6})\.")  # the backup id a file of the tree carries
+
+
+def _orphans(rclone: Rclone, complete: set[str], sendable: set[str]) -> list[str]:
+    """Files of backups without a manifest on the remote that will not be completed."""
+    out = []
+    for rel in rclone.listing():
+        owner = _OWNER.search(rel.rsplit("/", 1)[-1])
+        if owner and owner.group(1) not in complete | sendable:
+            out.append(rel)
+    return sorted(out)
+
 
 def prune_remote(
-    rclone: Rclone, policy: Policy, now: datetime | None = None, dry_run: bool = False
+    rclone: Rclone,
+    policy: Policy,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    sendable: frozenset[str] = frozenset(),
 ) -> dict:
     found = {m["id"]: m for m in catalog.manifests(rclone)}
     summaries = [summary(m) for m in found.values()]
@@ -25,9 +44,16 @@ def prune_remote(
         if d["id"] == newest and not d["keep"]:
             d.update(keep=True, rules=["newest verified remote copy"])
     doomed = [d["id"] for d in decisions if not d["keep"]]
+    orphans = _orphans(rclone, set(found), set(sendable))
     if not dry_run:
         for backup_id in doomed:
             files = catalog.files_of(found[backup_id])
             rclone.delete([files[-1]])  # the manifest: from here on it is not a backup
             rclone.delete(files[:-1])
-    return {"dry_run": dry_run, "decisions": decisions, "deleted": [] if dry_run else doomed}
+        rclone.delete(orphans)
+    return {
+        "dry_run": dry_run,
+        "decisions": decisions,
+        "deleted": [] if dry_run else doomed,
+        "orphans": orphans,
+    }

@@ -104,6 +104,11 @@ def replicate(
     return {"id": backup_id, "files": len(expected) + 1, "sent_bytes": sent, "reused_bytes": reused}
 
 
+def local_ids(tree: Tree) -> frozenset[str]:
+    """Every backup this host holds: each may still be sent to a remote."""
+    return frozenset(tree.manifest_ids())
+
+
 def pending(tree: Tree, remote: str, current: str, policy: Policy) -> list[str]:
     """Local verified backups not yet on `remote` that retention keeps: `current` first,
     then newest first (what is about to be pruned locally is not worth sending)."""
@@ -157,7 +162,7 @@ def _to_remote(
     if not remote.prunes:
         return {"status": REPLICATED, "sent": sent, "deleted": [], "prune": "off (write-once)"}
     try:
-        pruned = prune_remote(rclone, policy, now)
+        pruned = prune_remote(rclone, policy, now, sendable=local_ids(tree))
     except OffsiteError as exc:  # retention waits for the next run; the copies are there
         return {"status": REPLICATED, "sent": sent, "prune_error": str(exc)}
     return {"status": REPLICATED, "sent": sent, "deleted": pruned["deleted"]}
