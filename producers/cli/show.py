@@ -25,4 +25,8 @@ def run(args: argparse.Namespace) -> int:
         print(manifests.info_text(manifest), end="")
         steps = ", ".join(f"{k} {v}s" for k, v in manifest.get("steps", {}).items())
         print(f"steps: {steps}")
+        for name, copy in sorted((manifest.get("offsite") or {}).items()):
+            error = f": {copy['error']}" if copy.get("error") else ""
+            where = f"{copy.get('status')} at {copy.get('at')} ({copy.get('url')})"
+            print(f"off-site {name}: {where}{error}")
     return 0
