@@ -324,3 +324,22 @@ def test_encrypted_backups_leave_the_host_encrypted_and_come_back_with_the_key(
     proc = cli(restore_env, "restore", backup_id, "--from", "oss", "--only", "mysql", "--yes")
     assert proc.returncode == 0, proc.stderr
     assert_same(before, st.snapshot())
+
+
+def test_replicate_by_hand_after_an_outage(stack, sftp_server, worker_factory):
+    st, env = stack
+    env = {**env, **FAST_RETRY, "XIEHE_OFFSITE": f"dr={sftp_server.url()}"}
+    worker_factory(env)
+    sftp_server.kill()  # the link is down during the nightly backup
+    backup_id = _backup(env)
+    assert _local_manifest(env, backup_id)["offsite"]["dr"]["status"] == "local-only"
+    proc = cli(env, "replicate")
+    assert proc.returncode == 1 and "dr: local-only" in proc.stdout
+
+    sftp_server.start()  # back: send what is missing now, without waiting for a backup
+    proc = cli(env, "replicate", "--remote", "dr")
+    assert proc.returncode == 0 and f"sent {backup_id}" in proc.stdout, proc.stdout + proc.stderr
+    assert _local_manifest(env, backup_id)["offsite"]["dr"]["status"] == "replicated"
+    assert cli(env, "verify", "--remote", "dr", backup_id).returncode == 0
+    again = cli(env, "replicate")
+    assert again.returncode == 0 and "nothing missing" in again.stdout

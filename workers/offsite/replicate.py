@@ -178,12 +178,13 @@ def replicate_pending(
     now: datetime | None = None,
 ) -> dict:
     """Bring every remote up to date; {remote name: outcome}.  Never raises for a remote
-    that fails: the outcome says so (and an alert went out)."""
+    that fails: the outcome says so (and an alert went out).  `current`: the backup run
+    calling (sent first), or "" when called by hand."""
     tree = Tree(settings.backup_dir)
     out = {}
     for remote in offsite.remotes:
         try:
-            with holding(client, settings, remote.name, current):
+            with holding(client, settings, remote.name, current or "replicate"):
                 out[remote.name] = _to_remote(
                     tree, Rclone(remote, offsite), current, policy, on_bytes, now
                 )
