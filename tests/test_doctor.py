@@ -105,8 +105,10 @@ def test_all_green_on_a_good_configuration(stack, worker_factory, beat, capsys):
         "broker",
         "worker",
         "beat",
+        "off-site",
         "last good backup",
     } == set(checks)
+    assert checks["off-site"]["warn"] and "XIEHE_OFFSITE" in checks["off-site"]["hint"]
     assert f"{stack['container']}:/data (running)" in checks[f"volume {stack['volume']}"]["detail"]
     assert "FAIL" not in text
 

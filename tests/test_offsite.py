@@ -335,6 +335,7 @@ def test_replicate_by_hand_after_an_outage(stack, sftp_server, worker_factory):
     assert _local_manifest(env, backup_id)["offsite"]["dr"]["status"] == "local-only"
     proc = cli(env, "replicate")
     assert proc.returncode == 1 and "dr: local-only" in proc.stdout
+    assert not _doctor_check(env, "off-site dr")["ok"]
 
     sftp_server.start()  # back: send what is missing now, without waiting for a backup
     proc = cli(env, "replicate", "--remote", "dr")
@@ -343,3 +344,10 @@ def test_replicate_by_hand_after_an_outage(stack, sftp_server, worker_factory):
     assert cli(env, "verify", "--remote", "dr", backup_id).returncode == 0
     again = cli(env, "replicate")
     assert again.returncode == 0 and "nothing missing" in again.stdout
+    check = _doctor_check(env, "off-site dr")
+    assert check["ok"] and not check["warn"] and f"newest {backup_id}" in check["detail"]
+
+
+def _doctor_check(env, name: str) -> dict:
+    checks = json.loads(cli(env, "doctor", "--json").stdout)
+    return next(c for c in checks if c["name"] == name)

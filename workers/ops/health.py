@@ -280,7 +280,13 @@ def run_checks(settings: Settings) -> list[dict]:
     )
     checks += _broker_checks(settings)
     offsite = offsite_settings.load()
-    checks += [_offsite_check(remote, offsite, tree) for remote in offsite.remotes]
+    checks += [_offsite_check(remote, offsite, tree) for remote in offsite.remotes] or [
+        _run(
+            "off-site",
+            "set XIEHE_OFFSITE to an SFTP or S3 remote (README: Off-site copies)",
+            lambda: ("none configured: a lost host loses its backups too", True),
+        )
+    ]
     checks.append(
         _run(
             "last good backup",
