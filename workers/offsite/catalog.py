@@ -19,12 +19,7 @@ def manifest_name(backup_id: str) -> str:
 def manifests(rclone: Rclone) -> list[dict]:
     """Every complete backup's manifest on the remote, oldest first (one rclone call)."""
     with tempfile.TemporaryDirectory(prefix="xiehe-remote-") as tmp:
-        try:
-            rclone.download_matching("/manifest_*.json", Path(tmp))
-        except OffsiteError as exc:
-            if "directory not found" in str(exc) or "doesn't exist" in str(exc):
-                return []
-            raise
+        rclone.download_matching("/manifest_*.json", Path(tmp))
         found = []
         for path in sorted(Path(tmp).glob("manifest_*.json")):
             try:

@@ -54,8 +54,9 @@ def fetch(
                     "sha256: the remote copy is damaged; nothing local was replaced"
                 )
             local.chmod(0o600)
-            fetched += local.stat().st_size
-            on_bytes(local.stat().st_size)
+            size = local.stat().st_size
+            fetched += size
+            on_bytes(size)
         for rel in rels:
             atomic.move(staging / rel, tree.root / rel)
     finally:

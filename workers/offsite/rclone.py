@@ -30,6 +30,11 @@ class OffsiteError(BackupError):
     """A transfer to or from an off-site remote failed."""
 
 
+def _root_missing(exc: OffsiteError) -> bool:
+    """rclone's words for a remote directory (or bucket) nothing was written to yet."""
+    return "directory not found" in str(exc) or "doesn't exist" in str(exc)
+
+
 def _obscure(password: str) -> str:
     """rclone keeps SFTP passwords obscured; `rclone obscure -` reads it from stdin."""
     done = subprocess.run(
@@ -136,8 +141,13 @@ class Rclone:
         return self.run("cat", self.path(rel))
 
     def download_matching(self, pattern: str, into: Path) -> None:
-        """Every file of the root's top level matching `pattern` (rclone filter syntax)."""
-        self.run("copy", self.root, str(into), "--max-depth=1", f"--include={pattern}")
+        """Every file of the root's top level matching `pattern` (rclone filter syntax);
+        none when the root does not exist yet."""
+        try:
+            self.run("copy", self.root, str(into), "--max-depth=1", f"--include={pattern}")
+        except OffsiteError as exc:
+            if not _root_missing(exc):
+                raise
 
     def listing(self) -> dict[str, dict]:
         """{relative path: {size, md5}} of every file under the root ({} if none yet)."""
@@ -146,7 +156,7 @@ class Rclone:
                 "lsjson", "-R", "--files-only", "--hash", f"--hash-type={HASH}", self.root
             )
         except OffsiteError as exc:
-            if "directory not found" in str(exc) or "doesn't exist" in str(exc):
+            if _root_missing(exc):
                 return {}
             raise
         return {

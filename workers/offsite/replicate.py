@@ -13,7 +13,6 @@ alert goes out, and the next run tries again (`pending` lists what is still to s
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Callable
 from datetime import datetime
 
@@ -31,10 +30,9 @@ from workers.ops import alerts
 from workers.ops.retention import summary
 from workers.policy.retention import Policy, decide
 from workers.store import manifest as manifests
+from workers.store.codec import CHUNK
 from workers.store.layout import Tree
 
-log = logging.getLogger("xiehe.offsite")
-CHUNK = 1 << 20
 REPLICATED, LOCAL_ONLY = "replicated", "local-only"
 
 
