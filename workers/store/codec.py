@@ -20,6 +20,8 @@ from typing import BinaryIO
 import pyrage
 import zstandard
 
+from workers.config import DEFAULT_ZSTD_LEVEL
+
 SUFFIX = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 AGE_SUFFIX = ".age"
 PARTIAL = ".partial"
@@ -33,7 +35,7 @@ class CorruptArtifact(Exception):
 @dataclass(frozen=True)
 class Codec:
     compression: str = "zstd"
-    zstd_level: int = 3
+    zstd_level: int = DEFAULT_ZSTD_LEVEL
     recipients: tuple[str, ...] = ()
 
     @property
