@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import io
 import os
+import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -109,6 +110,86 @@ class _PipeEncryptor:
             raise self._error
 
 
+class _PlainHasher:
+    """The plaintext's sha256 and size, in a thread of its own and in write order: it
+    overlaps the compression, and for frames copied from another artifact it does their
+    decompression (which is what checks them).  Small writes are batched into one hand-off;
+    at most DEPTH hand-offs wait, so memory stays flat."""
+
+    DEPTH = 8
+    BATCH = 256 << 10
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self._batch = bytearray()
+        self._jobs: queue.Queue = queue.Queue(maxsize=self.DEPTH)
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, name="plain-sha256", daemon=True)
+        self._thread.start()
+
+    def plain(self, data: bytes) -> None:
+        if len(data) >= self.BATCH:
+            self._flush()
+            self._jobs.put(("plain", data))
+            return
+        self._batch += data
+        if len(self._batch) >= self.BATCH:
+            self._flush()
+
+    def frames(self, data: bytes) -> None:
+        """A piece of complete zstd frames (a frame may span pieces)."""
+        self._flush()
+        self._jobs.put(("frames", data))
+
+    def end_frames(self, expect: int | None) -> None:
+        """The frames given since the last end are whole, and hold `expect` bytes if given."""
+        self._jobs.put(("end", expect))
+
+    def finish(self) -> Exception | None:
+        """Wait for the thread; the defect it found (a damaged copied frame), if any."""
+        self._flush()
+        self._jobs.put(None)
+        self._thread.join()
+        return self._error
+
+    def _flush(self) -> None:
+        if self._batch:
+            self._jobs.put(("plain", bytes(self._batch)))
+            self._batch.clear()
+
+    def _run(self) -> None:
+        dctx = zstandard.ZstdDecompressor()
+        obj, pending, copied = dctx.decompressobj(), False, 0
+        while (job := self._jobs.get()) is not None:
+            if self._error:
+                continue  # keep draining: the writer learns of it in finish()
+            kind, data = job
+            try:
+                if kind == "plain":
+                    self.sha.update(data)
+                    self.size += len(data)
+                elif kind == "frames":
+                    while data:
+                        out, pending = obj.decompress(data), True
+                        self.sha.update(out)
+                        copied += len(out)
+                        if obj.eof:
+                            data, obj, pending = obj.unused_data, dctx.decompressobj(), False
+                        else:
+                            data = b""
+                else:
+                    if pending:
+                        raise CorruptArtifact("a copied frame is cut short")
+                    if data is not None and copied != data:
+                        raise CorruptArtifact(f"copied frames hold {copied} bytes, not {data}")
+                    self.size, copied = self.size + copied, 0
+            except zstandard.ZstdError as exc:
+                self._error = CorruptArtifact(f"a copied frame is damaged: {exc}")
+            except Exception as exc:  # noqa: BLE001 - handed to the writer's thread
+                self._error = exc
+
+
 class ArtifactWriter:
     """Write one artifact: plaintext in, compressed (and encrypted) bytes on disk."""
 
@@ -130,14 +211,12 @@ class ArtifactWriter:
             self._top = gzip.GzipFile(fileobj=below, mode="wb", compresslevel=6, mtime=0)
         else:
             self._top = below
-        self.plain_sha = hashlib.sha256()
-        self.plain_size = 0
+        self._plain = _PlainHasher()
         self._closed = False
         self._frame_open = self._framed = False
 
     def write(self, data: bytes) -> int:
-        self.plain_sha.update(data)
-        self.plain_size += len(data)
+        self._plain.plain(data)
         self._top.write(data)
         self._frame_open = True
         return len(data)
@@ -155,33 +234,18 @@ class ArtifactWriter:
             self._frame_open = False
         return self._disk.size
 
-    def append_frames(self, chunks: Iterable[bytes]) -> int:
+    def append_frames(self, chunks: Iterable[bytes], plain_bytes: int | None = None) -> None:
         """Append complete zstd (or skippable) frames verbatim at a frame boundary.
 
-        They are decompressed only to hash their plaintext into the artifact's, which also
-        checks them: a damaged or cut frame raises CorruptArtifact (the caller aborts).
-        Returns how many plaintext bytes they hold.
+        They are decompressed (in the hashing thread) only to hash their plaintext into the
+        artifact's, which also checks them: a damaged or cut frame, or one not holding
+        `plain_bytes` when given, makes close() raise CorruptArtifact (the caller aborts).
         """
         self.end_frame()
-        dctx, plain, pending = zstandard.ZstdDecompressor(), 0, False
-        obj = dctx.decompressobj()
-        try:
-            for chunk in chunks:
-                self._disk.write(chunk)
-                while chunk:
-                    out, pending = obj.decompress(chunk), True
-                    self.plain_sha.update(out)
-                    plain += len(out)
-                    if obj.eof:
-                        chunk, obj, pending = obj.unused_data, dctx.decompressobj(), False
-                    else:
-                        chunk = b""
-        except zstandard.ZstdError as exc:
-            raise CorruptArtifact(f"a copied frame is damaged: {exc}") from None
-        if pending:
-            raise CorruptArtifact("a copied frame is cut short")
-        self.plain_size += plain
-        return plain
+        for chunk in chunks:
+            self._disk.write(chunk)
+            self._plain.frames(chunk)
+        self._plain.end_frames(plain_bytes)
 
     def close(self) -> dict:
         """Finish the streams and fsync; the artifact stays `.partial` until commit()."""
@@ -197,6 +261,9 @@ class ArtifactWriter:
                 os.fsync(self._fh.fileno())
             finally:  # also on ENOSPC: an fd left open keeps a deleted .partial's space taken
                 self._fh.close()
+                defect = self._plain.finish()
+            if defect:
+                raise defect
         return self.record()
 
     def record(self) -> dict:
@@ -206,8 +273,8 @@ class ArtifactWriter:
             "encrypted": self.codec.encrypted,
             "size_bytes": self._disk.size,
             "sha256": self._disk.sha.hexdigest(),
-            "plain_bytes": self.plain_size,
-            "plain_sha256": self.plain_sha.hexdigest(),
+            "plain_bytes": self._plain.size,
+            "plain_sha256": self._plain.sha.hexdigest(),
         }
 
     def commit(self) -> dict:

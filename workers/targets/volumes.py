@@ -368,9 +368,8 @@ class _Composer:
     def _copy(self, fd: int, old: list, size: int) -> list[int]:
         start = self.writer.end_frame()
         offset, length = old[3]
-        plain = self.writer.append_frames(vi.pread_chunks(fd, offset, length))
-        if plain != size + (-size % tarfile.BLOCKSIZE):
-            raise vi.Stale(f"{old[0]!r}: its frame holds {plain} bytes, not {size}")
+        plain = size + (-size % tarfile.BLOCKSIZE)  # checked when the artifact is closed
+        self.writer.append_frames(vi.pread_chunks(fd, offset, length), plain)
         self.meter.add(plain)
         self.stats["reused_files"] += 1
         self.stats["reused_bytes"] += size
