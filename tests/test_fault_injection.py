@@ -27,6 +27,7 @@ from tests.conftest import base_env, unique
 from tests.support.cli import cli, last_line
 from tests.support.mariadb import MariaDB
 from tests.support.stack import fill_mysql, fill_volume
+from tests.support.webhook import Receiver
 from workers.progress import RUN_KEY
 
 BIG, SMALL = "xf_big", "xf_small"
@@ -324,6 +325,83 @@ def test_mysql_stopped_mid_dump(env, broker, worker_factory, tmp_path, mariadb):
     assert_clean_after_failure(env, client, root, [good], run_id, "mysql")
     assert journal(root, run_id)["failed_step"] == "dump_mysql"
     assert_next_run_succeeds(env, root)
+
+
+def wait_side_by_side(root: Path, good: str, timeout: float = 120) -> str:
+    """The id of the run whose dump_mysql and archive_volumes both run, the dump being
+    more than 1 MB in."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in (root / ".runs").glob("*.json"):
+            try:
+                steps = json.loads(path.read_text())["steps"] if path.stem != good else {}
+            except (OSError, ValueError, KeyError):
+                continue
+            running = {name for name, record in steps.items() if record["status"] == "running"}
+            dumps = list((root / ".staging" / path.stem).rglob("*.sql.zst.partial"))
+            if {"dump_mysql", "archive_volumes"} <= running and any(
+                p.stat().st_size > 2**20 for p in dumps
+            ):
+                return path.stem
+        time.sleep(0.05)
+    raise AssertionError("dump_mysql and archive_volumes never ran side by side")
+
+
+def test_a_capture_step_failing_beside_another_ends_the_run_once(
+    env, broker, worker_factory, tmp_path, mariadb, big_volume
+):
+    """The capture steps run side by side.  MariaDB stops during dump_mysql while
+    archive_volumes reads a 400 MB volume: the volume step is left to finish (nothing
+    removes the staging under it), then the step joining the stage ends the run once:
+    failed in dump_mysql, staging removed, locks freed, exactly one alert, the good backup
+    intact, and the next run succeeds."""
+    root, client, hook = tmp_path / "backups", broker.client(), Receiver()
+    env = {**env, "XIEHE_VOLUMES": big_volume, "XIEHE_NOTIFY_URLS": hook.url}
+    good = good_backup({**small(env), "XIEHE_VOLUMES": ""}, worker_factory)
+    worker_factory(env)
+    proc = start_backup(env)
+    run_id = wait_side_by_side(root, good)
+    mariadb.stop(signal.SIGTERM)
+    try:
+        code, _, err = finish(proc)
+    finally:
+        mariadb.start()
+    assert code == 1
+    assert f"backup {run_id} failed in dump_mysql" in err
+    record = journal(root, run_id)
+    assert record["failed_step"] == "dump_mysql"
+    assert record["steps"]["archive_volumes"]["status"] == "succeeded"
+    assert "verify" not in record["steps"]
+    assert_clean_after_failure(env, client, root, [good], run_id, "mysql")
+    failures = [b for b in hook.bodies if b["type"] == "failure"]
+    assert len(failures) == 1 and run_id in failures[0]["title"], hook.bodies
+    assert_next_run_succeeds(env, root)
+    hook.server.shutdown()
+
+
+def test_worker_killed_while_capture_steps_run_side_by_side(
+    env, broker, worker_factory, tmp_path, big_volume
+):
+    """SIGKILL of the whole worker while dump_mysql and archive_volumes both run: both
+    steps fall silent, and a live worker's reaper abandons the run once, naming both."""
+    root, client, hook = tmp_path / "backups", broker.client(), Receiver()
+    env = {**env, "XIEHE_VOLUMES": big_volume, "XIEHE_NOTIFY_URLS": hook.url}
+    good = good_backup({**small(env), "XIEHE_VOLUMES": ""}, worker_factory)
+    worker = worker_factory(env)
+    proc = start_backup(env)
+    run_id = wait_side_by_side(root, good)
+    worker.kill()
+    worker_factory(env)
+    code, _, err = finish(proc)
+    assert code == 1
+    assert "stopped (and " in err, err
+    record = journal(root, run_id)
+    assert record["status"] == "abandoned"
+    assert {record["steps"][s]["status"] for s in ("dump_mysql", "archive_volumes")} == {"failed"}
+    assert_clean_after_failure(env, client, root, [good], run_id, "stopped")
+    failures = [b for b in hook.bodies if b["type"] == "failure"]
+    assert len(failures) == 1 and run_id in failures[0]["title"], hook.bodies
+    hook.server.shutdown()
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
 """Runs whose worker died: found by the silence of their lock, ended, cleaned up, reported.
 
-A step holds its run's lock (`run:ID`) and heartbeats it.  A worker killed outright
+A step holds its own lock (`run:ID:STEP`) and heartbeats it.  A worker killed outright
 (SIGKILL, out of memory, power loss) stops heartbeating and the lock expires after
 XIEHE_LOCK_TTL, but the broker keeps the step's message unacknowledged until the
 visibility timeout (hours: a long dump must never run twice), so nothing else would end
-the run.  Every worker sweeps the journal: a run with a step recorded `running` whose lock
-stayed absent for a whole TTL is marked `abandoned` with its step and cause, its staging
+the run.  Every worker sweeps the journal: a run whose steps recorded `running` all left
+their locks absent for a whole TTL is marked `abandoned` with its step and cause, its staging
 and half-published files are removed, its target locks freed and its failure published,
 so the CLI, the events consumer and the alerts learn it at once.  When the message comes
 back after the visibility timeout, the runner ignores it (the run has ended).
@@ -27,7 +27,7 @@ from workers.errors import LockBusy
 from workers.ops import alerts
 from workers.progress import Progress
 from workers.steps.abandon_backup import abandon_backup
-from workers.steps.runner import run_lock, running_step
+from workers.steps.runner import run_lock, running_steps
 from workers.store import journal, locks
 from workers.store.layout import Tree
 
@@ -46,7 +46,8 @@ class Reaper:
         """End every run whose step lost its worker; return their ids."""
         reaped, now = [], time.monotonic()
         for run in journal.all_runs(self.tree):
-            if running_step(run) is None or locks.holder(self.broker, run_lock(run["id"])):
+            steps = running_steps(run)
+            if not steps or any(locks.holder(self.broker, run_lock(run["id"], s)) for s in steps):
                 self.silent_since.pop(run["id"], None)
                 continue
             # A whole TTL of silence: a live step re-takes a lock lost in a broker restart
@@ -57,28 +58,35 @@ class Reaper:
         return reaped
 
     def reap(self, run_id: str) -> bool:
-        try:  # the run's own lock: a redelivered step cannot start while we end the run
-            mine = locks.acquire(self.broker, [run_lock(run_id)], "reaper", 60, wait=0)
+        run = journal.load(self.tree, run_id) or {}
+        steps = running_steps(run)
+        try:  # the steps' own locks: none can be delivered again while we end the run
+            mine = locks.acquire(
+                self.broker, [run_lock(run_id, s) for s in steps], "reaper", 60, wait=0
+            )
         except LockBusy:
             return False
         try:
             run = journal.load(self.tree, run_id) or {}
-            step = running_step(run)
-            if step is None:
+            if not steps or running_steps(run) != steps:
                 return False
-            self._abandon(run, step)
+            self._abandon(run, steps)
             return True
         finally:
             locks.release(self.broker, mine)
             self.silent_since.pop(run_id, None)
 
-    def _abandon(self, run: dict, step: str) -> None:
+    def _abandon(self, run: dict, steps: list[str]) -> None:
+        step, also = steps[0], f" (and {', '.join(steps[1:])})" if steps[1:] else ""
         error = (
-            f"the worker executing step {step} stopped (killed, out of memory or host lost): "
-            f"no heartbeat for XIEHE_LOCK_TTL={self.settings.lock_ttl}s; run abandoned"
+            f"the worker executing step {step} stopped{also} (killed, out of memory or host "
+            f"lost): no heartbeat for XIEHE_LOCK_TTL={self.settings.lock_ttl}s; run abandoned"
         )
-        run["steps"][step].update(status="failed", error=error, finished_at=now_iso())
-        run.update(status="abandoned", failed_step=step, error=error, finished_at=now_iso())
+        for name in steps:
+            run["steps"][name].update(status="failed", error=error, finished_at=now_iso())
+        if run.get("status") != "failed":  # else a sibling's failure stays the cause
+            run.update(status="abandoned", failed_step=step, error=error)
+        run["finished_at"] = now_iso()
         progress = Progress(self.broker, run["id"], step)
         ctx = StepContext(self.settings, progress, self.broker)
         cleanup = CLEANUP.get(run.get("type", ""))
@@ -88,7 +96,7 @@ class Reaper:
             locks.release(self.broker, run.get("locks") or {})
         journal.save(self.tree, run)
         alerts.notify_failure(run, ctx)
-        progress.publish(status="failed", step=step, error=error)
+        progress.publish(status="failed", step=run["failed_step"], error=run["error"])
         log.error("run %s abandoned: %s", run["id"], error)
 
 

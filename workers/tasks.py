@@ -60,7 +60,7 @@ def _register(workflow: str, name: str) -> None:
     fn, on_failure = STEPS[workflow][name], ON_FAILURE[workflow]
 
     @app.task(name=f"{workflow}.{name}", bind=True)
-    def step(self, run: dict) -> dict:
+    def step(self, run: dict | list[dict]) -> dict:
         return runner.execute(name, fn, run, task=self, on_failure=on_failure)
 
 

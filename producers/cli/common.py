@@ -69,6 +69,7 @@ def follow(client: redis.Redis, run_id: str, out=sys.stderr) -> dict:
     """Show a run's progress until it ends; return its final progress record."""
     live = out.isatty()
     last_line, last_change, last_seen = "", time.monotonic(), None
+    shown: set[str] = set()  # a log gets one line per step, also when steps run side by side
     while True:
         state = _read_through_restarts(client, run_id, out)
         status = state.get("status", "queued")
@@ -78,7 +79,8 @@ def follow(client: redis.Redis, run_id: str, out=sys.stderr) -> dict:
         if line != last_line:
             if live:
                 print("\r\033[K" + line, end="", file=out, flush=True)
-            elif state.get("step") != _step_of(last_line) or status in ("succeeded", "failed"):
+            elif state.get("step", "") not in shown or status in ("succeeded", "failed"):
+                shown.add(state.get("step", ""))
                 print(line, file=out, flush=True)
             last_line = line
         if status in ("succeeded", "failed"):
@@ -109,10 +111,6 @@ def _read_through_restarts(client: redis.Redis, run_id: str, out) -> dict:
                 ) from None
             print(f"broker unreachable ({exc}); retrying", file=out, flush=True)
             time.sleep(1.0)
-
-
-def _step_of(line: str) -> str:
-    return line.split()[1] if len(line.split()) > 1 else ""
 
 
 def _render(state: dict) -> str:

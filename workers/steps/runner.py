@@ -4,10 +4,14 @@ A step is a plain function `fn(run, ctx) -> dict`: the run (plain JSON data, nev
 secret) in, the step's own result out.  This module is the only place that writes the
 step's record into the run and the journal, so every step is traced the same way.
 
-While a step executes it holds its run's own lock (`run:ID`, heartbeated like the target
+While a step executes it holds its own lock (`run:ID:STEP`, heartbeated like the target
 locks): a second delivery of the step (a duplicate, or a redelivery after its worker died)
 waits for that lock, then runs only if the journal says the run still needs the step.  A
 worker that died outright leaves the lock to expire; workers/reaper.py then ends the run.
+
+Steps of one stage run side by side (workers/workflows.py).  One of them that fails only
+records its failure and passes the run on: its siblings may still be writing into the
+staging area, so the step that joins the stage cleans up, unlocks and reports, once.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from workers.errors import BackupError, LockBusy
 from workers.ops import alerts
 from workers.progress import Progress
 from workers.store import journal, locks
+from workers.workflows import stage_of, stages
 
 StepFn = Callable[[dict, StepContext], dict]
 RUN_LOCK = "run:"
-ENDED = ("succeeded", "failed", "abandoned")
+ENDED = journal.ENDED
 log = logging.getLogger("xiehe.runner")
 
 
@@ -40,25 +45,33 @@ def held_locks(run: dict) -> dict:
     return run.get("locks") or {}
 
 
-def run_lock(run_id: str) -> str:
-    return RUN_LOCK + run_id
+def run_lock(run_id: str, step: str) -> str:
+    return f"{RUN_LOCK}{run_id}:{step}"
 
 
-def running_step(run: dict) -> str | None:
-    """The step a run's journal says is executing, if the run is still going."""
-    if run.get("status") != "running":
-        return None
-    steps = run.get("steps") or {}
-    return next((n for n, r in steps.items() if r.get("status") == "running"), None)
+def running_steps(run: dict) -> list[str]:
+    """The steps a run's journal says are executing: several in a stage, and some may go
+    on after a sibling failed; none once the run is abandoned or over."""
+    if run.get("status") not in ("running", "failed"):
+        return []
+    return [n for n, r in (run.get("steps") or {}).items() if r.get("status") == "running"]
 
 
-def execute(name: str, fn: StepFn, run: dict, task=None, on_failure: StepFn | None = None) -> dict:
-    """Run `fn` as step `name` of `run` and return the run with the step's record added."""
+def execute(
+    name: str, fn: StepFn, run: dict | list[dict], task=None, on_failure: StepFn | None = None
+) -> dict:
+    """Run `fn` as step `name` of `run` and return the run with the step's record added.
+    `run` is a list after a stage of side-by-side steps: their copies, joined here."""
+    joined = isinstance(run, list)
+    if joined:
+        run = journal.join(run)
     settings = config.load()
     broker = redis.Redis.from_url(settings.broker_url)
     ctx = StepContext(
         settings=settings, progress=Progress(broker, run["id"], name, task), broker=broker
     )
+    if joined and run.get("status") in journal.FAILED:
+        _end_stage(run, ctx, on_failure)
     run = {**run, "steps": dict(run.get("steps", {}))}
     mine = _claim(broker, ctx.tree, run, name, settings.lock_ttl)
     try:
@@ -67,10 +80,18 @@ def execute(name: str, fn: StepFn, run: dict, task=None, on_failure: StepFn | No
         locks.release(broker, mine)
 
 
+def _end_stage(run: dict, ctx: StepContext, on_failure: StepFn | None) -> None:
+    """A step of the stage just joined failed: end the run here, once, and stop the chain."""
+    recorded = journal.load(ctx.tree, run["id"]) or {}
+    if "recovery" not in recorded:  # not yet ended (by the reaper, or a first delivery)
+        _end_failed(run, ctx, on_failure)
+    raise BackupError(f"the run failed in {run.get('failed_step')}: {run.get('error')}")
+
+
 def _claim(broker: redis.Redis, tree, run: dict, name: str, ttl: int) -> dict:
-    """Take the run's own lock; a delivery the run no longer needs is ignored (acked)."""
+    """Take the step's own lock; a delivery the run no longer needs is ignored (acked)."""
     try:
-        mine = locks.acquire(broker, [run_lock(run["id"])], run["id"], ttl, wait=ttl + 1)
+        mine = locks.acquire(broker, [run_lock(run["id"], name)], run["id"], ttl, wait=ttl + 1)
     except LockBusy:
         why = "it is executing on another worker"
     else:
@@ -88,7 +109,8 @@ def _not_needed(recorded: dict, run: dict, name: str) -> str:
     if recorded.get("steps", {}).get(name, {}).get("status") == "succeeded":
         return "the step already succeeded (its worker passed the run on)"
     order = run.get("plan", [])
-    later = order[order.index(name) + 1 :] if name in order else []
+    index, _ = stage_of(order, name)
+    later = [step for stage in stages(order)[index + 1 :] for step in stage] if index >= 0 else []
     if any(step in recorded.get("steps", {}) for step in later):
         return "a later step of the run already started"
     return ""
@@ -120,21 +142,10 @@ def _execute(
             status="failed", error=_describe(exc), duration_s=_since(started), finished_at=now_iso()
         )
         run.update(status="failed", failed_step=name, error=record["error"])
-        if on_failure:
-            try:
-                run["recovery"] = on_failure(run, ctx)
-            except Exception as cleanup_exc:  # noqa: BLE001 - report both, keep the first cause
-                run["recovery"] = {"error": _describe(cleanup_exc)}
-        if not run.get("inherit_locks"):  # a nested run's locks are its parent's to free
-            locks.release(broker, held_locks(run))
-        try:
-            journal.save(ctx.tree, run)
-        except OSError as journal_exc:  # a full disk: the failure must still be reported
-            record["error"] += f"; the run journal could not be written: {journal_exc.strerror}"
-        alerts.notify_failure(run, ctx)  # never raises: an alert must not hide the cause
-        ctx.progress.publish(
-            status="failed", step=name, error=record["error"], recovery=_recovery_hint(run)
-        )
+        if ctx.progress.task is not None and len(stage_of(order, name)[1]) > 1:
+            log.error("run %s: step %s failed: %s", run["id"], name, record["error"])
+            return journal.save(ctx.tree, run)  # the join ends the run: siblings may write on
+        _end_failed(run, ctx, on_failure)
         raise
     record.update(
         status="succeeded",
@@ -150,6 +161,25 @@ def _execute(
     if run["status"] == "succeeded":
         ctx.progress.publish(status="succeeded", step=name, result_id=run["id"])
     return run
+
+
+def _end_failed(run: dict, ctx: StepContext, on_failure: StepFn | None) -> None:
+    """Clean up after a failed run, free its target locks, record and report it."""
+    if on_failure:
+        try:
+            run["recovery"] = on_failure(run, ctx)
+        except Exception as cleanup_exc:  # noqa: BLE001 - report both, keep the first cause
+            run["recovery"] = {"error": _describe(cleanup_exc)}
+    if not run.get("inherit_locks"):  # a nested run's locks are its parent's to free
+        locks.release(ctx.broker, held_locks(run))
+    try:
+        run.update(journal.save(ctx.tree, run))
+    except OSError as journal_exc:  # a full disk: the failure must still be reported
+        run["error"] += f"; the run journal could not be written: {journal_exc.strerror}"
+    alerts.notify_failure(run, ctx)  # never raises: an alert must not hide the cause
+    ctx.progress.publish(
+        status="failed", step=run["failed_step"], error=run["error"], recovery=_recovery_hint(run)
+    )
 
 
 def _check(lost: list[str], name: str) -> None:
