@@ -379,6 +379,32 @@ def test_a_capture_step_failing_beside_another_ends_the_run_once(
     hook.server.shutdown()
 
 
+def test_a_step_waiting_beside_a_failed_one_is_not_run(
+    env, broker, worker_factory, tmp_path, mariadb, big_volume
+):
+    """One pool process: archive_volumes waits while dump_mysql runs, and MariaDB stops.
+    The waiting step is then passed over (not run, not left hanging): the join still gets
+    every copy of the run and ends it once."""
+    root, client, hook = tmp_path / "backups", broker.client(), Receiver()
+    env = {**env, "XIEHE_VOLUMES": big_volume, "XIEHE_NOTIFY_URLS": hook.url}
+    worker_factory(env, concurrency=1)
+    proc = start_backup(env)
+    run_id = wait_moving(client, "dump_mysql", 20 * 2**20)
+    mariadb.stop(signal.SIGTERM)
+    try:
+        code, _, err = finish(proc)
+    finally:
+        mariadb.start()
+    assert code == 1
+    assert f"backup {run_id} failed in dump_mysql" in err
+    record = journal(root, run_id)
+    assert "archive_volumes" not in record["steps"], record["steps"]
+    assert_clean_after_failure(env, client, root, [], run_id, "mysql")
+    failures = [b for b in hook.bodies if b["type"] == "failure"]
+    assert len(failures) == 1 and run_id in failures[0]["title"], hook.bodies
+    hook.server.shutdown()
+
+
 def test_worker_killed_while_capture_steps_run_side_by_side(
     env, broker, worker_factory, tmp_path, big_volume
 ):

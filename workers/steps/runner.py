@@ -72,12 +72,25 @@ def execute(
     )
     if joined and run.get("status") in journal.FAILED:
         _end_stage(run, ctx, on_failure)
+    if task is not None and _beside(run, name) and _failed_unended(ctx.tree, run["id"]):
+        log.warning("run %s: step %s not run: a step beside it failed", run["id"], name)
+        return run  # untouched: the join, which waits for every copy, ends the run
     run = {**run, "steps": dict(run.get("steps", {}))}
     mine = _claim(broker, ctx.tree, run, name, settings.lock_ttl)
     try:
         return _execute(name, fn, run, ctx, on_failure, mine)
     finally:
         locks.release(broker, mine)
+
+
+def _beside(run: dict, name: str) -> bool:
+    """Whether the step runs side by side with others (its failure is the join's to end)."""
+    return len(stage_of(run.get("plan", []), name)[1]) > 1
+
+
+def _failed_unended(tree, run_id: str) -> bool:
+    recorded = journal.load(tree, run_id) or {}
+    return recorded.get("status") in journal.FAILED and "recovery" not in recorded
 
 
 def _end_stage(run: dict, ctx: StepContext, on_failure: StepFn | None) -> None:
@@ -142,9 +155,12 @@ def _execute(
             status="failed", error=_describe(exc), duration_s=_since(started), finished_at=now_iso()
         )
         run.update(status="failed", failed_step=name, error=record["error"])
-        if ctx.progress.task is not None and len(stage_of(order, name)[1]) > 1:
+        if ctx.progress.task is not None and _beside(run, name):
             log.error("run %s: step %s failed: %s", run["id"], name, record["error"])
-            return journal.save(ctx.tree, run)  # the join ends the run: siblings may write on
+            try:
+                return journal.save(ctx.tree, run)  # the join ends the run: siblings write on
+            except OSError:
+                pass  # unrecorded, the join would not know: end the run now
         _end_failed(run, ctx, on_failure)
         raise
     record.update(
