@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import reduce
@@ -45,20 +46,27 @@ def join(runs: list[dict]) -> dict:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path.with_name(f".{path.name}.lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _locked(directory: Path) -> Iterator[None]:
+    """The journals' directory itself is the lock, so no lock file lies in the backup tree;
+    where directories cannot be locked (NFS emulates flock with write locks), a 0600 file."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        os.close(fd)
+        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        os.close(fd)  # which releases the lock
 
 
 def save(tree: Tree, run: dict) -> dict:
     """Merge `run` into its journal; return what the journal now says."""
     path = tree.journal(run["id"])
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with _locked(path):
+    with _locked(path.parent):
         current = _read(path)
         merged = merge(current, run) if current else run
         atomic.write_json(path, merged)
