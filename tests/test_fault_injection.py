@@ -132,6 +132,21 @@ def assert_clean_after_failure(env, client, root, good: list[str], failed_id: st
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def finish_with_mysql_stopped(proc: subprocess.Popen, mariadb: MariaDB) -> tuple[int, str]:
+    """MariaDB shut down (SIGTERM) now; the backup's exit code and stderr; MariaDB back."""
+    mariadb.stop(signal.SIGTERM)
+    try:
+        code, _, err = finish(proc)
+    finally:
+        mariadb.start()
+    return code, err
+
+
+def assert_one_alert(hook: Receiver, run_id: str) -> None:
+    failures = [b for b in hook.bodies if b["type"] == "failure"]
+    assert len(failures) == 1 and run_id in failures[0]["title"], hook.bodies
+
+
 def assert_next_run_succeeds(env: dict, root: Path) -> str:
     proc = cli(env, "backup", "--reason", "after the fault")
     assert proc.returncode == 0, proc.stderr
@@ -314,11 +329,7 @@ def test_mysql_stopped_mid_dump(env, broker, worker_factory, tmp_path, mariadb):
     worker_factory(env)
     proc = start_backup(env)
     run_id = wait_moving(client, "dump_mysql", 20 * 2**20)
-    mariadb.stop(signal.SIGTERM)
-    try:
-        code, _, err = finish(proc)
-    finally:
-        mariadb.start()
+    code, err = finish_with_mysql_stopped(proc, mariadb)
     assert code == 1
     assert f"backup {run_id} failed in dump_mysql" in err
     assert "mysql" in err.lower() and "Traceback" not in err
@@ -361,11 +372,7 @@ def test_a_capture_step_failing_beside_another_ends_the_run_once(
     worker_factory(env)
     proc = start_backup(env)
     run_id = wait_side_by_side(root, good)
-    mariadb.stop(signal.SIGTERM)
-    try:
-        code, _, err = finish(proc)
-    finally:
-        mariadb.start()
+    code, err = finish_with_mysql_stopped(proc, mariadb)
     assert code == 1
     assert f"backup {run_id} failed in dump_mysql" in err
     record = journal(root, run_id)
@@ -373,8 +380,7 @@ def test_a_capture_step_failing_beside_another_ends_the_run_once(
     assert record["steps"]["archive_volumes"]["status"] == "succeeded"
     assert "verify" not in record["steps"]
     assert_clean_after_failure(env, client, root, [good], run_id, "mysql")
-    failures = [b for b in hook.bodies if b["type"] == "failure"]
-    assert len(failures) == 1 and run_id in failures[0]["title"], hook.bodies
+    assert_one_alert(hook, run_id)
     assert_next_run_succeeds(env, root)
     hook.server.shutdown()
 
@@ -390,18 +396,13 @@ def test_a_step_waiting_beside_a_failed_one_is_not_run(
     worker_factory(env, concurrency=1)
     proc = start_backup(env)
     run_id = wait_moving(client, "dump_mysql", 20 * 2**20)
-    mariadb.stop(signal.SIGTERM)
-    try:
-        code, _, err = finish(proc)
-    finally:
-        mariadb.start()
+    code, err = finish_with_mysql_stopped(proc, mariadb)
     assert code == 1
     assert f"backup {run_id} failed in dump_mysql" in err
     record = journal(root, run_id)
     assert "archive_volumes" not in record["steps"], record["steps"]
     assert_clean_after_failure(env, client, root, [], run_id, "mysql")
-    failures = [b for b in hook.bodies if b["type"] == "failure"]
-    assert len(failures) == 1 and run_id in failures[0]["title"], hook.bodies
+    assert_one_alert(hook, run_id)
     hook.server.shutdown()
 
 
@@ -425,8 +426,7 @@ def test_worker_killed_while_capture_steps_run_side_by_side(
     assert record["status"] == "abandoned"
     assert {record["steps"][s]["status"] for s in ("dump_mysql", "archive_volumes")} == {"failed"}
     assert_clean_after_failure(env, client, root, [good], run_id, "stopped")
-    failures = [b for b in hook.bodies if b["type"] == "failure"]
-    assert len(failures) == 1 and run_id in failures[0]["title"], hook.bodies
+    assert_one_alert(hook, run_id)
     hook.server.shutdown()
 
 
