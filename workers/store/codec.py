@@ -131,7 +131,8 @@ class _PlainHasher:
     def plain(self, data: bytes) -> None:
         if len(data) >= self.BATCH:
             self._flush()
-            self._jobs.put(("plain", data))
+            # hashed later: a caller's reusable buffer must not change under the thread
+            self._jobs.put(("plain", data if isinstance(data, bytes) else bytes(data)))
             return
         self._batch += data
         if len(self._batch) >= self.BATCH:
