@@ -89,14 +89,14 @@ def _beside(run: dict, name: str) -> bool:
 
 
 def _failed_unended(tree, run_id: str) -> bool:
+    """The journal says the run failed and nobody ended it yet (the join, or the reaper)."""
     recorded = journal.load(tree, run_id) or {}
     return recorded.get("status") in journal.FAILED and "recovery" not in recorded
 
 
 def _end_stage(run: dict, ctx: StepContext, on_failure: StepFn | None) -> None:
     """A step of the stage just joined failed: end the run here, once, and stop the chain."""
-    recorded = journal.load(ctx.tree, run["id"]) or {}
-    if "recovery" not in recorded:  # not yet ended (by the reaper, or a first delivery)
+    if _failed_unended(ctx.tree, run["id"]):  # not on a second delivery of the join
         _end_failed(run, ctx, on_failure)
     raise BackupError(f"the run failed in {run.get('failed_step')}: {run.get('error')}")
 
