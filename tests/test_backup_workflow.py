@@ -37,13 +37,14 @@ def test_backup_round_trip_by_hand(stack, worker_factory, tmp_path, mysql_conn):
     root = tmp_path / "backups"
     dump = root / "mysql" / f"{st.db}_{backup_id}.sql.zst"
     rdb = root / "redis" / f"dump_{backup_id}.rdb.zst"
-    tar = root / "volumes" / f"{st.volume_names[0]}_{backup_id}.tar.zst"
+    tar = root / "volumes" / f"{st.volume_names[0]}_{backup_id}.tar.zst.parts"
     info = root / f"backup_info_{backup_id}.txt"
     index = root / "mysql" / f"full_backup_{backup_id}.list"
-    for path in (dump, rdb, tar, info, index, root / f"manifest_{backup_id}.json"):
+    files = [dump, rdb, info, index, root / f"manifest_{backup_id}.json", *tar.iterdir()]
+    for path in files:
         assert path.exists(), path
         assert _mode(path) == 0o600, path
-    for sub in ("", "mysql", "redis", "volumes"):
+    for sub in ("", "mysql", "redis", "volumes", tar.relative_to(root)):
         assert _mode(root / sub) == 0o700
     listed = json.loads(cli(env, "list", "--json").stdout)
     assert [(b["id"], b["status"], b["kinds"]) for b in listed] == [
@@ -71,17 +72,18 @@ def test_backup_round_trip_by_hand(stack, worker_factory, tmp_path, mysql_conn):
         server.stop()
     assert_same({"keys": before["keys"], "keys_at": before["keys_at"]}, restored)
 
-    # Volume by hand: zstd | tar, every file's content, mode, owner and link target.
+    # Volume by hand: cat parts | zstd | tar, every file's content, mode, owner, link target.
     out = tmp_path / "scratch-volume"
     out.mkdir()
-    subprocess.run(f"zstd -dc '{tar}' | tar -x --numeric-owner -C '{out}'", shell=True, check=True)
+    unpack = f"cat '{tar}'/*.zst | zstd -dc | tar -x --numeric-owner -C '{out}'"
+    subprocess.run(unpack, shell=True, check=True)
     inventory = before[f"volume:{st.volume_names[0]}"]
     for path, entry in inventory.items():
         target = out / path
         assert target.exists() or target.is_symlink(), path
         assert stat.S_IMODE(target.lstat().st_mode) == entry["mode"] or entry["type"] == "symlink"
         assert target.lstat().st_uid == entry["uid"], path
-    unzstd = subprocess.Popen(["zstd", "-dc", str(tar)], stdout=subprocess.PIPE)
+    unzstd = subprocess.Popen(f"cat '{tar}'/*.zst | zstd -dc", shell=True, stdout=subprocess.PIPE)
     with tarfile.open(fileobj=unzstd.stdout, mode="r|") as t:
         names = {m.name.removeprefix("./") for m in t}
     unzstd.wait()

@@ -18,6 +18,8 @@ from tests.support.cli import cli, last_line
 from tests.support.offsite import SFTP_USER, S3Server, SftpServer
 from tests.support.stack import assert_same
 from tests.support.webhook import Receiver
+from workers.offsite import catalog
+from workers.store import parts
 
 FAST_RETRY = {"XIEHE_OFFSITE_RETRIES": "2", "XIEHE_OFFSITE_BACKOFF_S": "1"}
 
@@ -50,9 +52,11 @@ def test_sftp_copy_then_disaster_recovery_from_it(
     assert manifest["offsite"]["dr"]["status"] == "replicated"
     assert "key_file" not in json.dumps(manifest)  # the logged URL carries no options
     for artifact in manifest["artifacts"]:
-        assert _sha256(sftp_server.root / artifact["path"]) == artifact["sha256"]
+        assert parts.stored_sha256(sftp_server.root / artifact["path"]) == artifact["sha256"]
+    [volume] = [a for a in manifest["artifacts"] if a["kind"] == "volume"]
+    assert parts.check(sftp_server.root / volume["path"], trust_linked=False)["parts"] > 1
     remote_manifest = json.loads((sftp_server.root / f"manifest_{backup_id}.json").read_text())
-    assert set(remote_manifest["md5"]) >= {a["path"] for a in manifest["artifacts"]}
+    assert set(remote_manifest["md5"]) == set(catalog.files_of(manifest)[:-1])
     listed = json.loads(cli(env, "list", "--remote", "dr", "--json").stdout)
     assert [r["id"] for r in listed] == [backup_id]
     proc = cli(env, "verify", "--remote", "dr", backup_id)
@@ -81,7 +85,7 @@ def test_sftp_copy_then_disaster_recovery_from_it(
         (Path(env["XIEHE_BACKUP_DIR"]) / ".runs" / f"{last_line(proc)}.json").read_text()
     )
     assert run["plan"][:2] == ["fetch", "preflight"]
-    assert run["steps"]["fetch"]["result"]["files"] == len(manifest["artifacts"]) + 1
+    assert run["steps"]["fetch"]["result"]["files"] == len(catalog.files_of(manifest)) - 1
     assert _local_manifest(env, backup_id)["fetched_from"]["remote"] == "dr"
 
 
@@ -111,7 +115,7 @@ def test_connection_cut_mid_upload_keeps_local_and_next_run_completes(
     backup_id = last_line(cli(env, "backup", "--detach"))
     volume_dir = sftp_server.root / "volumes"
     deadline = time.monotonic() + 120
-    while not any(p.stat().st_size > 200_000 for p in volume_dir.glob("*")):
+    while not any(p.stat().st_size > 200_000 for p in volume_dir.rglob("*.zst")):
         assert time.monotonic() < deadline, "the upload never started"
         time.sleep(0.1)
     sftp_server.kill()  # the connection is cut, and the server stays away

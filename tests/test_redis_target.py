@@ -326,7 +326,7 @@ def test_container_snapshot_flush_restore(redis_container, docker_client, tmp_pa
     assert target.check(settings)["aof"] is (aof == "yes")
 
     result = take_snapshot(settings, tmp_path, docker=docker_client)
-    assert result["mode"] == "container"
+    assert result["mode"] == "container" and result["read"] == "in place"  # /data's volume
     artifact = tmp_path / result["artifacts"][0]["file"]
     target._client(url).flushall()
     assert target.dump_keys(url) == {}
@@ -345,6 +345,21 @@ def test_container_snapshot_flush_restore(redis_container, docker_client, tmp_pa
     actual = snapshot_keys(url)
     assert actual[3].pop(b"after-restore")[:2] == ("string", b"1")
     assert_same(expected, actual)
+
+
+def test_container_rdb_outside_any_volume_is_copied_through_the_engine(
+    redis_container, docker_client, servers, tmp_path
+):
+    container, url = redis_container("--dir", "/tmp")  # the container's own layer
+    fill(url)
+    expected = snapshot_keys(url)
+    settings = RedisSettings(url=url, container=container.name)
+    result = take_snapshot(settings, tmp_path, docker=docker_client)
+    assert result["read"] == "engine"
+    scratch = servers()  # what was copied, loaded elsewhere
+    artifact = tmp_path / result["artifacts"][0]["file"]
+    target.restore(RedisSettings(url=scratch.url, container=None), None, artifact, None, print)
+    assert_same(expected, snapshot_keys(scratch.url))
 
 
 def test_container_restore_when_redis_is_down(redis_container, docker_client, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 
 import pytest
@@ -11,7 +12,8 @@ import pytest
 from tests.support.cli import cli, last_line
 from tests.support.stack import assert_same
 from workers.store import locks
-from workers.store.codec import ArtifactWriter, Codec, sha256_file
+from workers.store.codec import Codec
+from workers.store.parts import PartedWriter
 
 BACKEND = "sleep 3600"
 
@@ -201,16 +203,13 @@ def test_archive_with_traversal_is_refused(stack, worker_factory, tmp_path):
             info = tarfile.TarInfo(name)
             info.type, info.linkname = kind, link
             tar.addfile(info, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
-    path = root / artifact["path"]
-    writer = ArtifactWriter(tmp_path / "evil.tar", Codec())
+    path = root / artifact["path"]  # a parted artifact: replaced by a parted evil one
+    writer = PartedWriter(tmp_path / "evil.tar", Codec())
     writer.write(evil.getvalue())
     record = writer.commit()
-    (tmp_path / "evil.tar.zst").replace(path)
-    artifact.update(
-        size_bytes=record["size_bytes"],
-        sha256=sha256_file(path),
-        plain_sha256=record["plain_sha256"],
-    )
+    shutil.rmtree(path)
+    (tmp_path / "evil.tar.zst.parts").replace(path)
+    artifact.update({k: record[k] for k in ("size_bytes", "sha256", "plain_bytes", "parts")})
     manifest_path.write_text(json.dumps(manifest))
     before = st.snapshot()
     proc = cli(env, "restore", backup_id, "--yes")

@@ -1,5 +1,6 @@
-"""Incremental volume backups: unchanged files' frames are copied, never read again, and
-every backup still restores alone (and by hand) to exactly the volume's state.
+"""Incremental volume backups: unchanged files' parts are hard-linked (small files' frames
+copied), never read or compressed again, and every backup still restores alone (and by
+hand) to exactly the volume's state.
 
 Real Docker engine and busybox helper image, as in test_volumes_target.py (whose
 fixtures are reused); skips, saying why, when the engine is unreachable.
@@ -11,8 +12,11 @@ import os
 import subprocess
 import time
 
+import pytest
+
 from tests import test_volumes_target as base
 from tests.test_volumes_target import HELPER, as_files, disk_inventory, run_in
+from workers.store import parts
 from workers.store.codec import Codec
 from workers.targets import tar_safety, volume_index, volumes
 
@@ -53,21 +57,36 @@ def settle() -> None:
     time.sleep(volume_index.RACY_S + 1.1)
 
 
-def backup(engine, name, out, backup_id, previous=None) -> tuple[dict, os.PathLike]:
-    result = volumes.archive(engine, name, HELPER, out, backup_id, Codec(), previous=previous)
-    return result, out / result["artifacts"][0]["file"]
+@pytest.fixture(params=["in place", "engine"])
+def backup(request):
+    """archive() reading the volume in place (from its mountpoint), or through the engine."""
+    direct = request.param == "in place"
+
+    def run(engine, name, out, backup_id, previous=None) -> tuple[dict, os.PathLike]:
+        result = volumes.archive(
+            engine, name, HELPER, out, backup_id, Codec(), previous=previous, direct=direct
+        )
+        assert result.get("read") == ("in place" if direct else None)
+        return result, out / result["artifacts"][0]["file"]
+
+    run.direct = direct
+    return run
 
 
 def by_hand(artifact, into) -> dict:
-    """`zstd -dc | tar x`, as a human would, then the tree's inventory."""
+    """`cat *.zst | zstd -dc | tar x`, as a human would, then the tree's inventory."""
     into.mkdir()
     subprocess.run(
-        f"zstd -dc '{artifact}' | tar -xpf - --numeric-owner -C '{into}'", shell=True, check=True
+        f"cat '{artifact}'/*.zst | zstd -dc | tar -xpf - --numeric-owner -C '{into}'",
+        shell=True,
+        check=True,
     )
     return disk_inventory(into)
 
 
-def test_second_backup_copies_unchanged_frames_and_restores_alone(engine, new_volume, tmp_path):
+def test_second_backup_links_unchanged_files_and_restores_alone(
+    engine, new_volume, tmp_path, backup
+):
     name = new_volume()
     run_in(engine, name, FILL)
     settle()
@@ -84,17 +103,25 @@ def test_second_backup_copies_unchanged_frames_and_restores_alone(engine, new_vo
     # Unchanged: 18 big files (IM1 rewritten, IM2 gone) and notes/keep.txt; read again: IM1,
     # the renamed, chmod-ed and touched notes, and the new directory (one engine call).
     assert second["reused_files"] == BIG_FILES - 2 + 1
+    # One big file's frame is copied, not linked: the root directory (`latest` replaced)
+    # changed, and its header opens the part of the first big file after it (IM5-hardlink,
+    # which carries IM5's data). The note is small: its frame is copied too.
+    assert second["linked_files"] == BIG_FILES - 3
     assert second["reused_bytes"] == (BIG_FILES - 2) * 4 * MB + len("note keep")
+    linked = [p for p in artifact.iterdir() if p.stat().st_nlink == 2]
+    assert len(linked) == BIG_FILES - 3 and all(p.stat().st_size > 4 * MB * 0.99 for p in linked)
     notes = NOTES["rename"] + NOTES["chmod"] + NOTES["touch"]
     assert second["read_bytes"] == 4 * MB + len(notes) + len("new image" + "another")
-    assert second["engine_calls"] == 5 and second["note"] is None
+    assert second["engine_calls"] == (0 if backup.direct else 5) and second["note"] is None
     assert second["manifest_sha256"] == volumes.manifest_sha256(state)
     full, _ = backup(engine, name, tmp_path / "full", "full")  # the same state, read in full
     assert full["manifest_sha256"] == second["manifest_sha256"]
     assert {k: full[k] for k in tar_safety.COUNTS} == {k: second[k] for k in tar_safety.COUNTS}
     assert sorted(os.listdir(tmp_path / "b2")) == [artifact.name]  # nothing else left behind
 
-    first_artifact.unlink()  # the second backup owes nothing to the first
+    first_size = first["artifacts"][0]["size_bytes"]
+    freed = parts.remove(first_artifact)  # the second backup owes nothing to the first
+    assert 0 < freed < first_size - (BIG_FILES - 3) * 4 * MB  # linked parts stay on disk
     hand = by_hand(artifact, tmp_path / "hand")
     assert hand.pop(".")["mode"] == state["."]["mode"]
     assert hand == {k: v for k, v in as_files(state).items() if k != "."}
@@ -105,17 +132,22 @@ def test_second_backup_copies_unchanged_frames_and_restores_alone(engine, new_vo
     # A third backup with nothing changed reads nothing.
     third, _ = backup(engine, name, tmp_path / "b3", "b3", previous=artifact)
     assert third["read_bytes"] == 0 and third["engine_calls"] == 0
+    assert third["linked_files"] == BIG_FILES - 1
     assert third["manifest_sha256"] == second["manifest_sha256"]
 
 
-def test_damaged_previous_artifact_is_not_propagated(engine, new_volume, tmp_path):
+def test_damaged_previous_artifact_is_not_propagated(engine, new_volume, tmp_path, backup):
     name = new_volume()
     run_in(engine, name, FILL)
     settle()
     _, first_artifact = backup(engine, name, tmp_path / "b1", "b1")
-    with open(first_artifact, "r+b") as fh:  # one flipped byte inside IM7's data frame
-        records = list(volume_index.read_index(fh.fileno()))
-        offset, length = next(r[3] for r in records if r[0].endswith("/IM7.dcm"))
+    last = sorted(first_artifact.glob("*.zst"))[-1]
+    fd = os.open(last, os.O_RDONLY)
+    records = list(volume_index.read_index(fd))
+    os.close(fd)
+    part, offset, length, own, _ = next(r[3] for r in records if r[0].endswith("/IM7.dcm"))
+    assert own
+    with open(first_artifact / part, "r+b") as fh:  # one flipped byte inside IM7's data frame
         fh.seek(offset + length // 2)
         byte = fh.read(1)
         fh.seek(offset + length // 2)
@@ -124,22 +156,26 @@ def test_damaged_previous_artifact_is_not_propagated(engine, new_volume, tmp_pat
     state = volumes.file_inventory(engine, name, HELPER)
     second, artifact = backup(engine, name, tmp_path / "b2", "b2", previous=first_artifact)
     assert "not reused" in second["note"] and second["reused_files"] == 0
+    assert all(p.stat().st_nlink == 1 for p in artifact.iterdir())
     assert second["manifest_sha256"] == volumes.manifest_sha256(state)
     target = new_volume(create=False)
     volumes.restore(engine, target, artifact, HELPER)
     assert volumes.file_inventory(engine, target, HELPER) == state
 
 
-def test_odd_names_are_archived_in_full(engine, new_volume, tmp_path):
+def test_odd_names_are_archived_whole_or_walked(engine, new_volume, tmp_path, backup):
     name = new_volume()
     run_in(engine, name, "cd /target && printf x > \"$(printf 'two\\nlines')\" && printf y > z")
     settle()
     first, first_artifact = backup(engine, name, tmp_path / "b1", "b1")
-    assert "not listed" in first["note"]
     state = volumes.file_inventory(engine, name, HELPER)
     assert "two\nlines" in state
     second, _ = backup(engine, name, tmp_path / "b2", "b2", previous=first_artifact)
-    assert second["reused_files"] == 0 and second["manifest_sha256"] == first["manifest_sha256"]
+    assert second["manifest_sha256"] == first["manifest_sha256"] == volumes.manifest_sha256(state)
+    if backup.direct:  # a walk has no separators to trip on: nothing is read again
+        assert first["note"] is None and second["reused_files"] == 2
+    else:
+        assert "not listed" in first["note"] and second["reused_files"] == 0
 
 
 def test_previous_artifact_is_the_newest_verified_unencrypted_zstd_one(tmp_path):
@@ -150,9 +186,10 @@ def test_previous_artifact_is_the_newest_verified_unencrypted_zstd_one(tmp_path)
     tree = Tree(tmp_path)
     tree.ensure()
 
-    def publish(backup_id: str, status: str = "verified", **artifact) -> str:
-        file = f"uploads_{backup_id}.tar.zst"
-        (tmp_path / "volumes" / file).write_bytes(b"x" * 10)
+    def publish(backup_id: str, status: str = "verified", parted: bool = True, **artifact) -> str:
+        file = f"uploads_{backup_id}.tar.zst" + (".parts" if parted else "")
+        (tmp_path / "volumes" / file).mkdir()
+        (tmp_path / "volumes" / file / "PARTS").write_bytes(b"x" * 10)
         record = {"kind": "volume", "source": "uploads", "path": f"volumes/{file}"}
         record |= {"compression": "zstd", "encrypted": False, "size_bytes": 10, **artifact}
         manifest.write(tree, {"id": backup_id, "status": status, "artifacts": [record]})
@@ -162,13 +199,15 @@ def test_previous_artifact_is_the_newest_verified_unencrypted_zstd_one(tmp_path)
     good = publish("20260101_000000")
     publish("20260102_000000", status="failed-verification")
     publish("20260103_000000", encrypted=True)
-    publish("20260104_000000", compression="gzip")
+    publish("20260104_000000", parted=False)  # a single-file artifact of an older version
     publish("20260105_000000", size_bytes=11)  # truncated on disk
     assert previous_artifact(tree, "uploads") == tmp_path / "volumes" / good
     assert previous_artifact(tree, "other") is None
 
 
-def test_types_swapped_and_links_into_new_dirs_match_a_full_archive(engine, new_volume, tmp_path):
+def test_types_swapped_and_links_into_new_dirs_match_a_full_archive(
+    engine, new_volume, tmp_path, backup
+):
     name = new_volume()
     run_in(engine, name, FILL + "printf f > was-file && mkdir was-dir && printf g > was-dir/g")
     settle()

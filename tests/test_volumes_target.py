@@ -116,7 +116,8 @@ def as_files(inventory: dict[str, dict]) -> dict[str, dict]:
     }
 
 
-def test_archive_unpacks_by_hand_and_restores_exactly(engine, new_volume, tmp_path):
+@pytest.mark.parametrize("direct", [True, False], ids=["in place", "engine"])
+def test_archive_unpacks_by_hand_and_restores_exactly(engine, new_volume, tmp_path, direct):
     name = new_volume()
     run_in(engine, name, FILL)
     before = volumes.file_inventory(engine, name, HELPER)
@@ -125,12 +126,16 @@ def test_archive_unpacks_by_hand_and_restores_exactly(engine, new_volume, tmp_pa
     assert links == {"file", "hardlink"}  # the engine walks names in order: the 1st is the file
 
     seen: list[int] = []
-    result = volumes.archive(engine, name, HELPER, tmp_path / "out", "b1", Codec(), seen.append)
+    out = tmp_path / "out"
+    result = volumes.archive(engine, name, HELPER, out, "b1", Codec(), seen.append, direct=direct)
+    assert result.get("read") == ("in place" if direct else None)
     [record] = result["artifacts"]
     artifact = tmp_path / "out" / record["file"]
-    assert record["file"] == f"{name}_b1.tar.zst" and record["kind"] == "volume"
+    assert record["file"] == f"{name}_b1.tar.zst.parts" and record["kind"] == "volume"
     assert sorted(os.listdir(tmp_path / "out")) == [record["file"]]  # nothing else written
-    assert oct(artifact.stat().st_mode & 0o777) == "0o600"
+    assert oct(artifact.stat().st_mode & 0o777) == "0o700"
+    assert {oct(p.stat().st_mode & 0o777) for p in artifact.iterdir()} == {"0o600"}
+    assert record["parts"] == len(list(artifact.glob("*.zst"))) > 1
     assert (result["files"], result["dirs"], result["symlinks"], result["hardlinks"]) == (
         7,
         6,
@@ -144,8 +149,10 @@ def test_archive_unpacks_by_hand_and_restores_exactly(engine, new_volume, tmp_pa
     # By hand, with GNU tar: every name is relative and every file, owner, mode, link is there.
     unpacked = tmp_path / "unpacked"
     unpacked.mkdir()
-    subprocess.run(
-        ["tar", "--zstd", "-xpf", artifact, "--numeric-owner", "-C", unpacked], check=True
+    subprocess.run(  # the parts in name order are the tar.zst
+        f"cat '{artifact}'/*.zst | tar --zstd -xpf - --numeric-owner -C '{unpacked}'",
+        shell=True,
+        check=True,
     )
     with tarfile.open(fileobj=open_plain(artifact), mode="r|") as tar:
         assert all(m.name == "." or m.name.startswith("./") for m in tar)
@@ -200,9 +207,12 @@ def test_volume_in_use_is_not_copied_live(engine, new_volume, tmp_path):
         volumes.archive(engine, name, HELPER, tmp_path / "out", "b3", Codec())
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
 
-    # Stopped for the copy even when the copy fails, and running again afterwards.
+    # Stopped for the copy even when the copy fails (through the engine, with no helper
+    # image), and running again afterwards.
     with pytest.raises(TargetError, match="helper image"):
-        volumes.archive(engine, name, "xiehe/no-such-image:x", tmp_path, "b3", Codec(), None, True)
+        volumes.archive(
+            engine, name, "xiehe/no-such-image:x", tmp_path, "b3", Codec(), None, True, direct=False
+        )
     user.reload()
     assert user.status == "running"
     assert not engine.containers.list(all=True, filters={"label": f"xiehe.helper={name}"})
@@ -303,8 +313,9 @@ def test_truncated_artifact_refused_before_the_volume_is_touched(engine, new_vol
     run_in(engine, name, f"head -c {BIG} /dev/urandom > /target/big.bin")
     result = volumes.archive(engine, name, HELPER, tmp_path, "b5", Codec())
     artifact = tmp_path / result["artifacts"][0]["file"]
-    with open(artifact, "r+b") as fh:
-        fh.truncate(artifact.stat().st_size // 2)
+    big_part = max(artifact.glob("*.zst"), key=lambda p: p.stat().st_size)
+    with open(big_part, "r+b") as fh:
+        fh.truncate(big_part.stat().st_size // 2)
     before = volumes.file_inventory(engine, name, HELPER)
     with pytest.raises(CorruptArtifact):
         volumes.restore(engine, name, artifact, HELPER)

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 SYSTEM_DATABASES = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
 COMPRESSIONS = ("zstd", "gzip", "none")
+VOLUME_READS = ("auto", "engine")  # XIEHE_VOLUME_READ
 _NAME = re.compile(r"^[^\x00/\\]{1,255}$")
 
 # Level 1, not zstd's usual 3: on the XieHe-like bench data (SQL dumps, DICOM-like files)
@@ -54,6 +55,7 @@ class Settings:
     redis: RedisSettings | None
     volumes: tuple[str, ...]
     helper_image: str
+    volume_read: str  # auto: a volume is read in place when this process can reach it; engine
     compression: str
     zstd_level: int
     stop_containers: tuple[str, ...]  # app services stopped during a restore
@@ -173,6 +175,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         if not r.startswith("age1"):
             raise ConfigError("XIEHE_AGE_RECIPIENTS: every recipient must be an age1... key")
     identity = env.get("XIEHE_AGE_IDENTITY_FILE", "").strip()
+    volume_read = env.get("XIEHE_VOLUME_READ", "auto").strip().lower() or "auto"
+    if volume_read not in VOLUME_READS:
+        raise ConfigError(f"XIEHE_VOLUME_READ: expected one of {', '.join(VOLUME_READS)}")
     return Settings(
         broker_url=_redis_url(
             "XIEHE_BROKER_URL", _secret(env, "XIEHE_BROKER_URL") or "redis://127.0.0.1:6379/0"
@@ -183,6 +188,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         redis=_redis(env),
         volumes=_list(env, "XIEHE_VOLUMES"),
         helper_image=env.get("XIEHE_HELPER_IMAGE", "alpine:3.20").strip() or "alpine:3.20",
+        volume_read=volume_read,
         compression=compression,
         zstd_level=_int(env, "XIEHE_ZSTD_LEVEL", DEFAULT_ZSTD_LEVEL, minimum=1),
         stop_containers=_list(env, "XIEHE_STOP_CONTAINERS"),

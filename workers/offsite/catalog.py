@@ -9,6 +9,7 @@ from pathlib import Path
 
 from workers.errors import NotFound
 from workers.offsite.rclone import OffsiteError, Rclone
+from workers.store import parts
 from workers.store.layout import is_backup_id
 
 
@@ -53,7 +54,37 @@ def manifest(rclone: Rclone, backup_id: str) -> dict:
         ) from None
 
 
+def _artifact_files(artifact: dict) -> list[str]:
+    """A file, or a parted artifact's list and parts (each sent as a file of its own)."""
+    if "parts" not in artifact:
+        return [artifact["path"]]
+    names = [parts.LIST_NAME, *map(parts.part_name, range(artifact["parts"]))]
+    return [f"{artifact['path']}/{name}" for name in names]
+
+
 def files_of(manifest: dict) -> list[str]:
     """Every file of a backup on a remote, manifest last."""
-    rels = [a["path"] for a in manifest["artifacts"]]
+    rels = [rel for a in manifest["artifacts"] for rel in _artifact_files(a)]
     return [*rels, f"backup_info_{manifest['id']}.txt", manifest_name(manifest["id"])]
+
+
+def transfer_units(rels: list[str]) -> dict[str, list[str]]:
+    """{what one rclone call sends: a file, or a parted artifact's directory: its files}."""
+    units: dict[str, list[str]] = {}
+    for rel in rels:
+        parent = rel.rpartition("/")[0]
+        units.setdefault(parent if parts.is_parted(parent) else rel, []).append(rel)
+    return units
+
+
+def vouch_parts(rel: str, root: Path, vouched: dict[str, str]) -> None:
+    """Once a parted artifact's list (pinned by the manifest) is checked, it pins the parts."""
+    directory, _, name = rel.rpartition("/")
+    if name == parts.LIST_NAME and parts.is_parted(directory):
+        listed = parts.read_list(root / directory)
+        vouched.update({f"{directory}/{part.name}": part.sha256 for part in listed})
+
+
+def vouched(manifest: dict) -> dict[str, str]:
+    """{file: sha256} the manifest pins directly (a parted artifact's list pins its parts)."""
+    return {_artifact_files(a)[0]: a["sha256"] for a in manifest["artifacts"]}

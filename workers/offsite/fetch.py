@@ -10,6 +10,7 @@ any local file is replaced.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import PurePosixPath
@@ -18,15 +19,20 @@ from workers.clock import now_iso
 from workers.errors import UnsafeArchive
 from workers.offsite import catalog
 from workers.offsite.rclone import OffsiteError, Rclone
-from workers.store import atomic
+from workers.store import atomic, parts
 from workers.store import manifest as manifests
 from workers.store.codec import sha256_file
 from workers.store.layout import KIND_DIRS, Tree
 
+PART_FILE = re.compile(rf"^(\d{{8}}\.zst|{parts.LIST_NAME})$")
+
 
 def _checked_path(rel: str, backup_id: str) -> str:
-    parts = PurePosixPath(rel).parts
-    inside = len(parts) == 2 and parts[0] in set(KIND_DIRS.values()) and parts[1] not in ("..", ".")
+    names = PurePosixPath(rel).parts
+    inside = len(names) in (2, 3) and names[0] in set(KIND_DIRS.values())
+    inside = inside and names[1] not in ("..", ".")
+    if len(names) == 3:  # a part of a parted artifact
+        inside = inside and parts.is_parted(names[1]) and bool(PART_FILE.match(names[2]))
     if not (inside or rel == f"backup_info_{backup_id}.txt"):
         raise UnsafeArchive(f"the remote manifest of {backup_id} names an unsafe path {rel[:80]!r}")
     return rel
@@ -38,25 +44,30 @@ def fetch(
     manifest = catalog.manifest(rclone, backup_id)
     if manifest.get("id") != backup_id:
         raise OffsiteError(f"the remote manifest of {backup_id} describes {manifest.get('id')!r}")
-    vouched = {a["path"]: a["sha256"] for a in manifest["artifacts"]}
+    vouched = catalog.vouched(manifest)
     rels = [_checked_path(rel, backup_id) for rel in catalog.files_of(manifest)[:-1]]
     tree.ensure()
     staging = tree.staging(f"fetch-{backup_id}")
     fetched = 0
     try:
-        for rel in rels:
-            local = staging / rel
+        for unit, files in catalog.transfer_units(rels).items():
+            local = staging / unit
             local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            rclone.retrying(f"download {rel}", lambda r=rel, p=local: rclone.download(r, p))
-            if rel in vouched and sha256_file(local) != vouched[rel]:
-                raise OffsiteError(
-                    f"{rel} from remote {rclone.remote.name} does not match its manifest's "
-                    "sha256: the remote copy is damaged; nothing local was replaced"
-                )
-            local.chmod(0o600)
-            size = local.stat().st_size
-            fetched += size
-            on_bytes(size)
+            folder = files != [unit]  # a parted artifact's directory
+            rclone.retrying(
+                f"download {unit}", lambda u=unit, p=local, f=folder: rclone.download(u, p, f)
+            )
+            for rel in files:  # a parted artifact's list before its parts
+                if rel in vouched and sha256_file(staging / rel) != vouched[rel]:
+                    raise OffsiteError(
+                        f"{rel} from remote {rclone.remote.name} does not match its manifest's "
+                        "sha256: the remote copy is damaged; nothing local was replaced"
+                    )
+                catalog.vouch_parts(rel, staging, vouched)
+                (staging / rel).chmod(0o600)
+                size = (staging / rel).stat().st_size
+                fetched += size
+                on_bytes(size)
         for rel in rels:
             atomic.move(staging / rel, tree.root / rel)
     finally:

@@ -132,10 +132,11 @@ class Rclone:
 
     # What the rest of the package uses: each one rclone call, retried by the caller.
     def upload(self, local: Path, rel: str) -> None:
-        self.run("copyto", str(local), self.path(rel), transfer=True)
+        """A file, or a directory's files (those not already there alike)."""
+        self.run("copy" if local.is_dir() else "copyto", str(local), self.path(rel), transfer=True)
 
-    def download(self, rel: str, local: Path) -> None:
-        self.run("copyto", self.path(rel), str(local), transfer=True)
+    def download(self, rel: str, local: Path, directory: bool = False) -> None:
+        self.run("copy" if directory else "copyto", self.path(rel), str(local), transfer=True)
 
     def read(self, rel: str) -> bytes:
         return self.run("cat", self.path(rel))

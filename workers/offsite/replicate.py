@@ -51,15 +51,16 @@ def checksums(path) -> tuple[int, str, str]:
 
 def _local_files(tree: Tree, manifest: dict) -> dict[str, tuple[int, str]]:
     """{path: (size, md5)} of a backup's files but the manifest; refuses a changed artifact."""
-    vouched = {a["path"]: a["sha256"] for a in manifest["artifacts"]}
+    vouched = catalog.vouched(manifest)
     out = {}
-    for rel in catalog.files_of(manifest)[:-1]:
+    for rel in catalog.files_of(manifest)[:-1]:  # a parted artifact's list before its parts
         size, md5, sha = checksums(tree.root / rel)
         if rel in vouched and sha != vouched[rel]:
             raise OffsiteError(
                 f"{rel} no longer matches its manifest (sha256 {sha}); not copied off-site: "
                 f"run xiehe-backup verify {manifest['id']}"
             )
+        catalog.vouch_parts(rel, tree.root, vouched)
         out[rel] = (size, md5)
     return out
 
@@ -78,6 +79,10 @@ def _confirm(rclone: Rclone, expected: dict[str, tuple[int, str]]) -> None:
             )
 
 
+def _same(have: dict | None, size: int, md5: str) -> bool:
+    return bool(have) and have["size"] == size and have[HASH] == md5
+
+
 def replicate(
     tree: Tree, rclone: Rclone, backup_id: str, on_bytes: Callable[[int], None] = lambda n: None
 ) -> dict:
@@ -85,12 +90,12 @@ def replicate(
     expected = _local_files(tree, manifests.read(tree, backup_id))
     there = rclone.listing()
     sent = reused = 0
-    for rel, (size, md5) in expected.items():
-        have = there.get(rel)
-        if have and have["size"] == size and have[HASH] == md5:
+    for unit, rels in catalog.transfer_units(list(expected)).items():
+        size = sum(expected[rel][0] for rel in rels)
+        if all(_same(there.get(rel), *expected[rel]) for rel in rels):
             reused += size
         else:
-            rclone.retrying(f"upload {rel}", lambda r=rel: rclone.upload(tree.root / r, r))
+            rclone.retrying(f"upload {unit}", lambda u=unit: rclone.upload(tree.root / u, u))
             sent += size
         on_bytes(size)
     _confirm(rclone, expected)

@@ -19,7 +19,7 @@ from workers.context import StepContext
 from workers.ops import inuse
 from workers.ops import settings as ops_settings
 from workers.policy.retention import decide
-from workers.store import atomic, locks
+from workers.store import atomic, locks, parts
 from workers.store import manifest as manifests
 from workers.store.layout import Tree
 
@@ -58,13 +58,12 @@ def _finish(tree: Tree, stone: Path) -> int:
     freed = 0
     for path in paths:
         try:
-            freed += path.stat().st_size
-            path.unlink()
+            freed += parts.remove(path)
         except FileNotFoundError:
             continue
     for directory in {p.parent for p in paths} | {tree.root}:
         if directory.exists():
-            atomic.fsync_dir(directory)
+            atomic.fsync_path(directory)
     stone.unlink()
     return freed
 

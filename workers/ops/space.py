@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import stat
 from pathlib import Path
 
 from workers.config import Settings
@@ -15,7 +16,13 @@ SECTIONS = {"mysql": "mysql", "redis": "redis", "volumes": "volumes", ".staging"
 
 
 def _bytes_under(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+    """Bytes of the files under `path`, a file that several backups link counted once."""
+    sizes = {}
+    for file in path.rglob("*") if path.exists() else ():
+        info = file.lstat()
+        if stat.S_ISREG(info.st_mode):
+            sizes[(info.st_dev, info.st_ino)] = info.st_size
+    return sum(sizes.values())
 
 
 def tree_usage(tree: Tree) -> dict[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 from workers.context import StepContext
+from workers.store import parts
 
 
 def abandon_backup(run: dict, ctx: StepContext) -> dict:
@@ -13,6 +14,6 @@ def abandon_backup(run: dict, ctx: StepContext) -> dict:
     removed = []
     if not tree.manifest(run["id"]).exists():  # a publish cut short: its files are orphans
         for path in tree.files_of(run["id"]):
-            path.unlink(missing_ok=True)
+            parts.remove(path)
             removed.append(path.name)
     return {"removed": removed}

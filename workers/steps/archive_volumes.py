@@ -1,7 +1,7 @@
 """Archive each Docker named volume through a read-only helper container.
 
-Each volume's artifact in the newest verified backup is handed to the target, which copies
-the unchanged files' compressed frames from it instead of reading them again.
+Each volume's artifact in the newest verified backup is handed to the target, which links
+the unchanged files' parts from it instead of reading and compressing them again.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from pathlib import Path
 from workers.context import StepContext
 from workers.steps.staging import expected_bytes, fresh_dir, with_paths
 from workers.store import manifest as manifests
+from workers.store import parts
+from workers.store.codec import CorruptArtifact
 from workers.store.layout import Tree
 from workers.targets import volumes
 
@@ -32,6 +34,7 @@ def archive_volumes(run: dict, ctx: StepContext) -> dict:
             ctx.progress.add,
             stop_running=_may_stop(name, settings.stop_volumes_for),
             previous=previous_artifact(ctx.tree, name),
+            direct=settings.volume_read == "auto",
         )
         artifacts += result.pop("artifacts")
         details[name] = result
@@ -43,7 +46,7 @@ def _may_stop(volume: str, allowed: tuple[str, ...]) -> bool:
 
 
 def previous_artifact(tree: Tree, volume: str) -> Path | None:
-    """The volume's unencrypted zstd artifact in the newest verified backup, if intact in size."""
+    """The volume's parted artifact in the newest verified backup, if intact in size."""
     for manifest in reversed(manifests.read_all(tree)):
         if manifest.get("status") != "verified":
             continue
@@ -51,7 +54,12 @@ def previous_artifact(tree: Tree, volume: str) -> Path | None:
             if artifact["kind"] != "volume" or artifact["source"] != volume:
                 continue
             path = tree.artifact_path(artifact)
-            usable = artifact.get("compression") == "zstd" and not artifact.get("encrypted")
-            if usable and path.is_file() and path.stat().st_size == artifact["size_bytes"]:
-                return path
+            plain_zstd = artifact.get("compression") == "zstd" and not artifact.get("encrypted")
+            if not (plain_zstd and parts.is_parted(path) and path.is_dir()):
+                continue
+            try:
+                if parts.stored_size(path) == artifact["size_bytes"]:
+                    return path
+            except (OSError, CorruptArtifact):
+                continue
     return None

@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Make a file's data, or a directory's entries, durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def sync_filesystem(path: Path, files: list[Path]) -> None:
+    """Make `files` durable: one syncfs() of the file system holding `path` (one journal
+    commit, where an fsync each would cost one apiece), or fsync each where there is none."""
+    syncfs = getattr(_libc, "syncfs", None)
+    if syncfs is None:
+        for file in files:
+            fsync_path(file)
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
     finally:
         os.close(fd)
 
@@ -24,7 +46,7 @@ def write_text(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -35,4 +57,4 @@ def move(src: Path, dst: Path) -> None:
     """Rename within the backup tree's file system, durable once it returns."""
     dst.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.replace(src, dst)
-    fsync_dir(dst.parent)
+    fsync_path(dst.parent)

@@ -26,6 +26,7 @@ from workers.config import DEFAULT_ZSTD_LEVEL
 SUFFIX = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 AGE_SUFFIX = ".age"
 PARTIAL = ".partial"
+PARTS_SUFFIX = ".parts"  # a directory of part files (see parts)
 CHUNK = 1 << 20
 
 
@@ -49,7 +50,7 @@ class Codec:
 
 def codec_of(path: str | Path) -> tuple[str, bool]:
     """(compression, encrypted) as told by an artifact's file name."""
-    name = str(path)
+    name = str(path).removesuffix(PARTS_SUFFIX)
     encrypted = name.endswith(AGE_SUFFIX)
     if encrypted:
         name = name[: -len(AGE_SUFFIX)]
@@ -59,7 +60,7 @@ def codec_of(path: str | Path) -> tuple[str, bool]:
     return "none", encrypted
 
 
-class _HashingFile:
+class HashingFile:
     """The bottom of the stack: the file on disk, hashed as written."""
 
     def __init__(self, fh: BinaryIO) -> None:
@@ -80,7 +81,7 @@ class _HashingFile:
 class _PipeEncryptor:
     """Push-style age encryption: pyrage pulls from a pipe that we write into."""
 
-    def __init__(self, sink: _HashingFile, recipients: Sequence[str]) -> None:
+    def __init__(self, sink: HashingFile, recipients: Sequence[str]) -> None:
         keys = [pyrage.x25519.Recipient.from_str(r) for r in recipients]
         rfd, wfd = os.pipe()
         self._reader = os.fdopen(rfd, "rb", buffering=CHUNK)
@@ -89,7 +90,7 @@ class _PipeEncryptor:
         self._thread = threading.Thread(target=self._run, args=(sink, keys), daemon=True)
         self._thread.start()
 
-    def _run(self, sink: _HashingFile, keys: list) -> None:
+    def _run(self, sink: HashingFile, keys: list) -> None:
         try:
             pyrage.encrypt_io(self._reader, sink, keys)
         except BaseException as exc:  # reported to the writer thread in close()
@@ -110,7 +111,7 @@ class _PipeEncryptor:
             raise self._error
 
 
-class _PlainHasher:
+class PlainHasher:
     """The plaintext's sha256 and size, in a thread of its own and in write order: it
     overlaps the compression, and for frames copied from another artifact it does their
     decompression (which is what checks them).  Small writes are batched into one hand-off;
@@ -122,6 +123,7 @@ class _PlainHasher:
     def __init__(self) -> None:
         self.sha = hashlib.sha256()
         self.size = 0
+        self.cuts: list[tuple[int, str]] = []
         self._batch = bytearray()
         self._jobs: queue.Queue = queue.Queue(maxsize=self.DEPTH)
         self._error: Exception | None = None
@@ -146,6 +148,12 @@ class _PlainHasher:
     def end_frames(self, expect: int | None) -> None:
         """The frames given since the last end are whole, and hold `expect` bytes if given."""
         self._jobs.put(("end", expect))
+
+    def cut(self) -> None:
+        """Close a section (a part file): its (size, sha256) goes to `cuts`, and the next
+        section is hashed from scratch."""
+        self._flush()
+        self._jobs.put(("cut", None))
 
     def finish(self) -> Exception | None:
         """Wait for the thread; the defect it found (a damaged copied frame), if any."""
@@ -179,6 +187,9 @@ class _PlainHasher:
                             data, obj, pending = obj.unused_data, dctx.decompressobj(), False
                         else:
                             data = b""
+                elif kind == "cut":
+                    self.cuts.append((self.size, self.sha.hexdigest()))
+                    self.sha, self.size = hashlib.sha256(), 0
                 else:
                     if pending:
                         raise CorruptArtifact("a copied frame is cut short")
@@ -201,7 +212,7 @@ class ArtifactWriter:
         self.partial.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self._fh = os.fdopen(fd, "wb", buffering=CHUNK)
-        self._disk = _HashingFile(self._fh)
+        self._disk = HashingFile(self._fh)
         self._encryptor = _PipeEncryptor(self._disk, codec.recipients) if codec.encrypted else None
         below = self._encryptor or self._disk
         if codec.compression == "zstd":
@@ -212,7 +223,7 @@ class ArtifactWriter:
             self._top = gzip.GzipFile(fileobj=below, mode="wb", compresslevel=6, mtime=0)
         else:
             self._top = below
-        self._plain = _PlainHasher()
+        self._plain = PlainHasher()
         self._closed = False
         self._frame_open = self._framed = False
 
@@ -355,7 +366,7 @@ class _PipeDecryptor:
         self._thread.join(timeout=5)
 
 
-def _zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
+def zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
     """Decompress every concatenated frame; a frame cut short is an error, not EOF."""
     dctx = zstandard.ZstdDecompressor()
     obj, pending = dctx.decompressobj(), False
@@ -384,11 +395,19 @@ def _raw_chunks(raw: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
-_DECOMPRESSORS = {"zstd": _zstd_chunks, "gzip": _gzip_chunks, "none": _raw_chunks}
+_DECOMPRESSORS = {"zstd": zstd_chunks, "gzip": _gzip_chunks, "none": _raw_chunks}
 
 
 def read_plain(path: Path, identity_file: Path | None = None) -> Iterator[bytes]:
     """Plaintext chunks of an artifact; raises CorruptArtifact on a damaged stream."""
+    from workers.store import parts  # it builds on this module
+
+    if parts.is_parted(path):
+        try:
+            yield from parts.read_plain(path)
+        except CorruptArtifact as exc:
+            raise CorruptArtifact(f"{path.name}: {exc}") from None
+        return
     compression, encrypted = codec_of(path)
     decryptor = _PipeDecryptor(path, _load_identities(identity_file)) if encrypted else None
     raw: BinaryIO = decryptor if decryptor else open(path, "rb")  # type: ignore[assignment]

@@ -3,7 +3,8 @@
     backups/
       mysql/<db>_ID.sql.zst, mysql/full_backup_ID.list
       redis/dump_ID.rdb.zst
-      volumes/<volume>_ID.tar.zst
+      volumes/<volume>_ID.tar.zst.parts/   the tar.zst as part files (store.parts);
+                                            encrypted: volumes/<volume>_ID.tar.zst.age
       backup_info_ID.txt          human-readable summary (the seed plan's file)
       manifest_ID.json            machine-readable; written last, it marks a backup complete
       .staging/ID/<kind>/...      artifacts of a run in progress (same file system: rename)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import redis
 import urllib3
@@ -44,6 +45,7 @@ from workers.store.codec import (
     CorruptArtifact,
     read_plain,
 )
+from workers.targets import volume_direct
 from workers.targets.redis_rdb import RdbCheck, verify_rdb
 
 __all__ = ["check", "dump_keys", "restore", "snapshot", "verify_rdb"]
@@ -205,9 +207,10 @@ def snapshot(
         keys = _keyspace(client)
     with ArtifactWriter(Path(out_dir) / f"dump_{backup_id}.rdb", codec) as writer:
         sink = _Sink(writer, progress)
+        read = None
         if settings.container:
             mode = "container"
-            _snapshot_container(settings, client, docker, sink)
+            read = _snapshot_container(settings, client, docker, sink)
         else:
             mode = "replication"
             _fetch_rdb(settings.url, sink)
@@ -223,7 +226,8 @@ def snapshot(
         "rdb_version": summary["rdb_version"],
         "rdb_checksum": summary["checksum"],
     }
-    return {"artifacts": [artifact], "mode": mode, "redis_version": version, "keys": keys}
+    found = {"mode": mode, "redis_version": version, "keys": keys}
+    return {"artifacts": [artifact], **found, **({"read": read} if read else {})}
 
 
 def _open_socket(url: str) -> socket.socket:
@@ -320,12 +324,32 @@ def _read_until_marker(reader: io.BufferedReader, marker: bytes, emit: Emit) -> 
     emit(bytes(window[: -len(marker)]))
 
 
-def _snapshot_container(settings: RedisSettings, client: redis.Redis, docker, emit: Emit) -> None:
+def _snapshot_container(settings: RedisSettings, client: redis.Redis, docker, emit: Emit) -> str:
+    """BGSAVE, then the RDB read in place (on a local volume this worker can read: no copy
+    through the engine) or copied out of the container; how it was read."""
     container = _container(settings, docker)
     with _errors(settings.url, "BGSAVE failed"):
         path = PurePosixPath(_config(client, "dir")) / _config(client, "dbfilename")
         _bgsave(client)
-    _copy_out(container, path, emit)
+    source = volume_direct.mount_source(container.attrs, str(path))
+    try:
+        rdb = volume_direct.open_below(*source) if source else None
+    except OSError:
+        rdb = None  # moved or not readable here after all: through the engine
+    if rdb is None:
+        _copy_out(container, path, emit)
+        return "engine"
+    with rdb:
+        try:
+            _pipelined(lambda put: _read_all(rdb, put), emit)
+        except OSError as exc:
+            raise TargetError("redis", f"reading {path} in place failed: {exc}") from None
+    return "in place"
+
+
+def _read_all(src: BinaryIO, put: Emit) -> None:
+    while chunk := src.read(CHUNK):
+        put(chunk)
 
 
 def _container(settings: RedisSettings, docker):
@@ -393,9 +417,7 @@ def _copy_out(container, path: PurePosixPath, emit: Emit) -> None:
             member = tar.next()
             if member is None or not member.isfile():
                 raise TargetError("redis", f"{path} in the container is not a regular file")
-            src = tar.extractfile(member)
-            while chunk := src.read(CHUNK):
-                put(chunk)
+            _read_all(tar.extractfile(member), put)
 
     try:
         _pipelined(read, emit)

@@ -1,12 +1,14 @@
 """What a volume holds, listed without reading a file, and the index of a framed artifact.
 
-A framed volume artifact is an ordinary tar.zst written as independent zstd frames: tar
-headers in small frames, each regular file's data (with its padding) in a frame of its
-own.  It ends with two zstd skippable frames, which every zstd decoder ignores (so
-`zstd -dc | tar x` and a restore see a plain tar): the index, then a fixed-size trailer
-pointing at it.  The index maps each path to what was listed of it (inode, size, mtime
-and ctime in ns) and where its data frame lies, so the next backup copies unchanged
-files' frames verbatim instead of reading and compressing them again.
+A framed volume artifact is an ordinary tar.zst, kept as part files (store.parts) and
+written as independent zstd frames: tar headers in small frames, each regular file's data
+(with its padding) in a frame of its own, and a big file's header and data in a part of
+their own.  Its last part ends with two zstd skippable frames, which every zstd decoder
+ignores (so `zstd -dc | tar x` and a restore see a plain tar): the index, then a
+fixed-size trailer pointing at it.  The index maps each path to what was listed of it
+(inode, size, mtime and ctime in ns) and where its data frame lies, so the next backup
+links unchanged files' parts (or copies a small file's frame) instead of reading and
+compressing them again.
 
 The listing comes from a helper container (busybox `find` and `stat`), sorted there in
 the engine's walk order (names compared component by component), so both the listing
@@ -51,7 +53,7 @@ _S_IFMT, _KINDS = 0o170000, {0o040000: "dir", 0o100000: "file", 0o120000: "symli
 INDEX_MAGIC, TRAILER_MAGIC = 0x184D2A5D, 0x184D2A5E  # zstd skippable frame magics
 _TRAILER = struct.Struct("<II8sQQ")
 _TAG = b"XIEHEIDX"
-FORMAT = 1
+FORMAT = 2  # 1: frames addressed in a single-file artifact
 
 
 class Unlisted(Exception):
@@ -134,13 +136,14 @@ class Listing:
     path: Path
     started: int
     count: int
+    parse: Callable[[bytes, int], Listed] = parse_line  # of one line of the spool
 
     def __iter__(self) -> Iterator[Listed]:
         last: tuple | None = None
         seen = 0
         with open(self.path, "rb") as fh:
             for line in fh:
-                item = parse_line(line.rstrip(b"\n"), self.started)
+                item = self.parse(line.rstrip(b"\n"), self.started)
                 key = walk_key(item.path)
                 if last is not None and key <= last:
                     raise Unlisted(f"listing not in walk order at {item.path!r}")
@@ -178,7 +181,8 @@ def fetch_listing(tar_chunks: Iterable[bytes], spool: Path) -> Listing:
 # --------------------------------------------------------------------------- the index
 # One JSON line per member, in archive order: [path, kind, key, frame, sha256, xattrs]
 # key: [inode, size, mtime_ns, ctime_ns] or null when not trusted (racy, or not listed);
-# frame: [offset, length] of the data frame in the artifact, for files with data.
+# frame: [part, offset, length, own(, prefix)] of the data frame, for files with data; own:
+# the part holds this file's data and, before it, headers only, whose sha256 is prefix.
 
 
 class IndexSpool:

@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,6 +35,7 @@ import urllib3
 from docker.errors import DockerException, ImageNotFound, NotFound
 
 from workers.errors import TargetError, UnsafeArchive
+from workers.store import parts
 from workers.store.codec import (
     CHUNK,
     ArtifactWriter,
@@ -42,6 +44,7 @@ from workers.store.codec import (
     CorruptArtifact,
     open_plain,
 )
+from workers.targets import volume_direct
 from workers.targets import volume_index as vi
 from workers.targets.docker_engine import (
     containers_using_volume,
@@ -66,6 +69,8 @@ HELPER_TIMEOUT = 3600  # seconds for the wipe step of a restore, or a listing
 # What one engine call costs, in bytes read: reading few changed files one call each beats
 # reading the whole volume only while calls * FETCH_COST + bytes read < the volume's bytes.
 FETCH_COST = 8 << 20
+OWN_PART = 64 << 10  # a file this big gets a part file of its own, linked while unchanged
+HELD_HEADERS = 1 << 20  # headers held for the next part at most, then written to a shared one
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # get_archive streams straight from urllib3, whose errors requests does not wrap there
 _ENGINE_ERRORS = (DockerException, requests.RequestException, urllib3.exceptions.HTTPError)
@@ -228,36 +233,103 @@ def archive(
     progress: Progress = None,
     stop_running: bool = False,
     previous: Path | None = None,
+    direct: bool = True,
 ) -> dict:
-    """Write out_dir/<name>_<backup_id>.tar[.zst][.age]; returns its record and counts.
+    """Write out_dir/<name>_<backup_id>.tar[.zst.parts|.zst.age|...]; its record and counts.
 
     `previous`: this volume's artifact in the newest verified backup, whose unchanged
-    files' frames are copied (framed codecs only); the result tells what was reused."""
-    check(engine, name)  # the engine would silently create a missing volume on mount
+    files' parts are linked (parted artifacts only); the result tells what was reused.
+    `direct`: read the volume in place when this process can (volume_direct), else (or
+    if that fails) through the engine."""
+    volume = check(engine, name)  # the engine would silently create a missing volume on mount
     framed = codec.compression == "zstd" and not codec.encrypted
-    command = ["sh", "-c", vi.LIST_SCRIPT] if framed else None
-    with (
-        _quiesced(engine, name, stop_running),
-        _helper(engine, helper_image, name, writable=False, command=command) as helper,
-    ):
+    root = volume_direct.readable_root(volume["driver"], volume["mountpoint"])
+    out_dir = Path(out_dir)
+    with _quiesced(engine, name, stop_running):
+        job = _Job(name, out_dir, backup_id, codec, progress, previous)
         try:
-            if framed:
-                return _archive_framed(
-                    helper, name, Path(out_dir), backup_id, codec, progress, previous
-                )
-            return _archive_stream(helper, name, Path(out_dir), backup_id, codec, progress)
+            note = None
+            if framed and direct and root:
+                result, note = _archive_direct(root, job)
+                if result:
+                    return result
+            command = ["sh", "-c", vi.LIST_SCRIPT] if framed else None
+            with _helper(engine, helper_image, name, writable=False, command=command) as helper:
+                if not framed:
+                    return _archive_stream(helper, job)
+                result = _archive_framed(helper, job)
+                return {**result, "note": "; ".join(filter(None, [note, result["note"]])) or None}
         except UnsafeArchive as exc:
             raise TargetError(f"volume:{name}", f"a restore would refuse it: {exc}") from None
 
 
-def _archive_stream(
-    helper, name: str, out_dir: Path, backup_id: str, codec: Codec, progress: Progress
-) -> dict:
+_READ_ERRORS = (vi.Stale, vi.Unlisted, CorruptArtifact, OSError, tarfile.TarError)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One volume's archive: what every way of writing it needs."""
+
+    name: str
+    out_dir: Path
+    backup_id: str
+    codec: Codec
+    progress: Progress
+    previous: Path | None
+
+    @property
+    def artifact(self) -> Path:
+        """The artifact's path without the codec's suffix."""
+        return self.out_dir / f"{self.name}_{self.backup_id}.tar"
+
+    def timed(self, result: dict, note: str | None, start: float, listed: float) -> dict:
+        seconds = {"list": round(listed - start, 3), "archive": round(time.monotonic() - listed, 3)}
+        previous = self.previous.name if self.previous else None
+        return {**result, "previous": previous, "note": note, "seconds": seconds}
+
+
+def _archive_direct(root: Path, job: _Job) -> tuple[dict | None, str | None]:
+    """The volume read in place; (None, why) when it cannot be, to go through the engine."""
+    job.out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with tempfile.TemporaryDirectory(dir=job.out_dir, prefix=".list-") as tmp:
+        start = time.monotonic()
+        try:
+            listing = volume_direct.list_volume(root, Path(tmp) / "listing")
+        except (vi.Unlisted, OSError) as exc:
+            return None, f"not read in place ({exc})"
+        listed, note, result = time.monotonic(), None, None
+        if job.previous:
+            try:
+                result = _read_in_place(root, job, listing, job.previous)
+            except _READ_ERRORS as exc:
+                note = f"previous artifact not reused ({exc}): read in full"
+        if result is None:
+            try:
+                result = _read_in_place(root, job, listing, None)
+            except _READ_ERRORS as exc:
+                return None, f"not read in place ({exc})"
+    return {**job.timed(result, note, start, listed), "read": "in place"}, None
+
+
+def _read_in_place(root: Path, job: _Job, listing: vi.Listing, previous: Path | None) -> dict:
+    prev = _Previous(previous) if previous else None
+    fetcher = volume_direct.DirectFetcher(root)
+    try:
+        result = _planned(job, listing, prev, fetcher)
+        return {**result, "opened": fetcher.opened}
+    finally:
+        fetcher.close()
+        if prev:
+            prev.close()
+
+
+def _archive_stream(helper, job: _Job) -> dict:
     """The engine's tar, unchanged, into the artifact (codecs without addressable frames)."""
     guard = SafetyFilter()
     manifest = hashlib.sha256()
-    with ArtifactWriter(out_dir / f"{name}_{backup_id}.tar", codec) as writer:
-        raw = io.BufferedReader(ChunkStream(_tee(_volume_tar(helper, name), writer, progress)))
+    with ArtifactWriter(job.artifact, job.codec) as writer:
+        chunks = _tee(_volume_tar(helper, job.name), writer, job.progress)
+        raw = io.BufferedReader(ChunkStream(chunks))
         with open_stream(raw) as tar:
             for path, entry in _entries(tar, guard):
                 manifest.update(_manifest_line(path, entry))
@@ -266,43 +338,29 @@ def _archive_stream(
             pass
         record = writer.commit()
     return {
-        "artifacts": [{**record, "kind": "volume", "source": name}],
+        "artifacts": [{**record, "kind": "volume", "source": job.name}],
         **guard.counts,
         "manifest_sha256": manifest.hexdigest(),
     }
 
 
-def _archive_framed(
-    helper,
-    name: str,
-    out_dir: Path,
-    backup_id: str,
-    codec: Codec,
-    progress: Progress,
-    previous: Path | None,
-) -> dict:
-    artifact = out_dir / f"{name}_{backup_id}.tar"
-    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".list-") as tmp:
+def _archive_framed(helper, job: _Job) -> dict:
+    """Listed by a helper container, read through the engine."""
+    job.out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with tempfile.TemporaryDirectory(dir=job.out_dir, prefix=".list-") as tmp:
         start = time.monotonic()
-        listing, note = _list(helper, name, Path(tmp))
+        listing, note = _list(helper, job.name, Path(tmp))
         listed = time.monotonic()
         result = None
-        if listing and previous:
+        if listing and job.previous:
             try:
-                result = _incremental(helper, name, artifact, codec, progress, listing, previous)
+                result = _incremental(helper, job, listing)
                 note = None if result else "too much changed: read in full"
-            except (vi.Stale, vi.Unlisted, CorruptArtifact, OSError, tarfile.TarError) as exc:
+            except _READ_ERRORS as exc:
                 note = f"previous artifact not reused ({exc}): read in full"
         if result is None:
-            result = _full(helper, name, artifact, codec, progress, listing)
-    seconds = {"list": round(listed - start, 3), "archive": round(time.monotonic() - listed, 3)}
-    return {
-        **result,
-        "previous": previous.name if previous else None,
-        "note": note,
-        "seconds": seconds,
-    }
+            result = _full(helper, job, listing)
+    return job.timed(result, note, start, listed)
 
 
 def _list(helper, name: str, tmp: Path) -> tuple[vi.Listing | None, str | None]:
@@ -318,14 +376,50 @@ def _list(helper, name: str, tmp: Path) -> tuple[vi.Listing | None, str | None]:
         return None, f"not listed ({exc}): read in full, nothing reusable next time"
 
 
-class _Composer:
-    """Members appended to a framed artifact and its index, each judged by the safety filter."""
+class _Previous:
+    """The previous backup's parted artifact: its parts, index, and frames read on demand."""
 
-    def __init__(self, writer: ArtifactWriter, started: int | None, progress: Progress) -> None:
+    def __init__(self, path: Path) -> None:
+        self.dir = path
+        self.parts = {part.name: part for part in parts.read_list(path)}
+        if not self.parts:
+            raise vi.Stale("the previous artifact has no parts")
+        self._fds: dict[str, int] = {}
+
+    def index(self) -> Iterator[list]:
+        return vi.read_index(self._fd(list(self.parts)[-1]))
+
+    def _fd(self, name: str) -> int:
+        if name not in self._fds:
+            if name not in self.parts:
+                raise vi.Stale(f"the index names a part {name!r} the artifact does not list")
+            self._fds[name] = os.open(self.dir / name, os.O_RDONLY)
+        return self._fds[name]
+
+    def frames(self, frame: list) -> Iterator[bytes]:
+        name, offset, length = frame[:3]
+        return vi.pread_chunks(self._fd(name), offset, length)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+
+
+class _Composer:
+    """Members appended to a parted artifact and its index, each judged by the safety filter.
+
+    A file of OWN_PART bytes or more gets a part of its own: the headers held since the
+    last part (directories, links, empty files), its own, then its data.  When all of
+    those are unchanged since the previous backup, that part is hard-linked: neither read
+    nor copied.  Smaller files share parts between those."""
+
+    def __init__(self, writer: parts.PartedWriter, started: int | None, progress: Progress) -> None:
         self.writer, self.guard, self.meter = writer, SafetyFilter(), _Meter(progress)
         self.index = vi.IndexSpool(writer.partial.parent, started)
         self.manifest = hashlib.sha256()
-        self.stats = {"reused_files": 0, "reused_bytes": 0, "read_bytes": 0}
+        self.held = b""  # headers not written yet: they open the next part
+        # reused: not read again (linked, or a small file's frame copied)
+        self.stats = {"reused_files": 0, "reused_bytes": 0, "linked_files": 0, "read_bytes": 0}
 
     def add(
         self,
@@ -333,27 +427,72 @@ class _Composer:
         key: list | None,
         data: BinaryIO | None = None,
         reuse: list | None = None,
-        previous_fd: int = -1,
+        previous: _Previous | None = None,
     ) -> None:
         path = self.guard.check(info)
-        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
         frame, sha = None, None
-        if info.isreg():
-            if reuse:
-                frame, sha = self._copy(previous_fd, reuse, info.size), reuse[4]
-            elif info.size:
-                frame, sha = self._compress(data, info.size, path)
-            else:
-                sha = EMPTY_SHA256
+        if not (info.isreg() and info.size):  # a header alone: held for the next part
+            self._hold(header)
+            sha = EMPTY_SHA256 if info.isreg() else None
+        elif info.size >= OWN_PART:
+            prefix, self.held = self.held + header, b""
+            self.writer.end_part()
+            frame = self._link(prefix, info.size, reuse, previous)
+            if frame is None:
+                self._write(prefix)
+                frame, sha = self._data(data, info.size, path, reuse, previous)
+                frame.append(hashlib.sha256(prefix).hexdigest())
+            self.writer.end_part()
+        else:
+            self._write(self.held + header)
+            self.held = b""
+            frame, sha = self._data(data, info.size, path, reuse, previous)
+        sha = reuse[4] if reuse else sha
         entry = _entry(info, path, sha)
         self.manifest.update(_manifest_line(path, entry))
         self.index.add([path, entry["type"], key, frame, sha, info.pax_headers or None])
+
+    def _hold(self, header: bytes) -> None:
+        self.held += header
+        if len(self.held) >= HELD_HEADERS:
+            self._write(self.held)
+            self.held = b""
+
+    def _data(
+        self,
+        src: BinaryIO | None,
+        size: int,
+        path: str,
+        reuse: list | None,
+        previous: _Previous | None,
+    ) -> tuple[list, str | None]:
+        if reuse:
+            return self._copy(previous, reuse, size), None
+        return self._compress(src, size, path)
 
     def _write(self, data: bytes) -> None:
         self.writer.write(data)
         self.meter.add(len(data))
 
-    def _compress(self, src: BinaryIO, size: int, path: str) -> tuple[list[int], str]:
+    def _link(
+        self, prefix: bytes, size: int, reuse: list | None, previous: _Previous | None
+    ) -> list | None:
+        """The previous backup's own part of this file, linked if it holds these very headers
+        (its own, and those of the entries held before it) and data."""
+        if not reuse or not reuse[3][3] or reuse[3][4] != hashlib.sha256(prefix).hexdigest():
+            return None  # a header changed (a directory's mtime, say): copy the data frame
+        part = previous.parts.get(reuse[3][0])
+        if part is None or part.plain_bytes != len(prefix) + _padded(size):
+            return None
+        name = self.writer.link_part(previous.dir, part)
+        self.meter.add(part.plain_bytes)
+        self.stats["linked_files"] += 1
+        self.stats["reused_files"] += 1
+        self.stats["reused_bytes"] += size
+        return [name, *reuse[3][1:]]
+
+    def _compress(self, src: BinaryIO, size: int, path: str) -> tuple[list, str]:
         start, sha, done = self.writer.end_frame(), hashlib.sha256(), 0
         while done < size and (chunk := src.read(min(CHUNK, size - done))):
             self._write(chunk)
@@ -363,21 +502,25 @@ class _Composer:
             raise vi.Stale(f"{path!r}: {done} of {size} bytes could be read")
         self._write(b"\0" * (-size % tarfile.BLOCKSIZE))
         self.stats["read_bytes"] += size
-        return [start, self.writer.end_frame() - start], sha.hexdigest()
+        return self._frame(start, size), sha.hexdigest()
 
-    def _copy(self, fd: int, old: list, size: int) -> list[int]:
+    def _copy(self, previous: _Previous, old: list, size: int) -> list:
         start = self.writer.end_frame()
-        offset, length = old[3]
-        plain = size + (-size % tarfile.BLOCKSIZE)  # checked when the artifact is closed
-        self.writer.append_frames(vi.pread_chunks(fd, offset, length), plain)
+        plain = _padded(size)  # checked when the artifact is committed
+        self.writer.append_frames(previous.frames(old[3]), plain)
         self.meter.add(plain)
         self.stats["reused_files"] += 1
         self.stats["reused_bytes"] += size
-        return [start, length]
+        return self._frame(start, size)
+
+    def _frame(self, start: int, size: int) -> list:
+        """[part, offset, length, whether the part is this file's own] of the frame just
+        ended."""
+        return [self.writer.current_part, start, self.writer.end_frame() - start, size >= OWN_PART]
 
     def finish(self, name: str) -> dict:
         self.guard.recheck_links()
-        self._write(b"\0" * (2 * tarfile.BLOCKSIZE))
+        self._write(self.held + b"\0" * (2 * tarfile.BLOCKSIZE))
         offset = self.writer.end_frame()
         self.writer.append_frames(self.index.frames(offset))
         record = self.writer.commit()
@@ -388,6 +531,10 @@ class _Composer:
             "manifest_sha256": self.manifest.hexdigest(),
             **self.stats,
         }
+
+
+def _padded(size: int) -> int:
+    return size + (-size % tarfile.BLOCKSIZE)
 
 
 def _tar_name(path: str) -> str:
@@ -419,28 +566,26 @@ def _trusted_key(item: vi.Listed | None, member: tarfile.TarInfo) -> list | None
     return list(item.key)
 
 
-def _full(
-    helper, name: str, artifact: Path, codec: Codec, progress: Progress, listing: vi.Listing | None
-) -> dict:
+def _full(helper, job: _Job, listing: vi.Listing | None) -> dict:
     """Every member from the engine's tar of the volume, each file's data compressed anew."""
     listed = vi.Cursor(listing or (), lambda item: item.path)
-    with ArtifactWriter(artifact, codec) as writer:
-        composer = _Composer(writer, listing.started if listing else None, progress)
-        raw = io.BufferedReader(ChunkStream(_volume_tar(helper, name)), CHUNK)
+    with parts.PartedWriter(job.artifact, job.codec) as writer:
+        composer = _Composer(writer, listing.started if listing else None, job.progress)
+        raw = io.BufferedReader(ChunkStream(_volume_tar(helper, job.name)), CHUNK)
         with open_stream(raw) as tar:
             for member in tar:
                 path = normalize(member.name)
                 key = _trusted_key(listed.find(path), member)
                 data = tar.extractfile(member) if member.isreg() else None
                 composer.add(_fresh(member, path), key, data)
-        return composer.finish(name)
+        return composer.finish(job.name)
 
 
 _TYPES = {"dir": tarfile.DIRTYPE, "file": tarfile.REGTYPE, "symlink": tarfile.SYMTYPE}
 
 
-def _listed_header(step: vi.Step, member: tarfile.TarInfo | None) -> tarfile.TarInfo:
-    """The header a full archive would hold, from the listing (xattrs: engine or index)."""
+def _listed_header(step: vi.Step, xattrs: dict | None) -> tarfile.TarInfo:
+    """The header a full archive would hold, from the listing (xattrs: read now or index)."""
     item = step.item
     info = tarfile.TarInfo(_tar_name(item.path))
     info.type = tarfile.LNKTYPE if step.kind == "hardlink" else _TYPES[item.kind]
@@ -448,7 +593,7 @@ def _listed_header(step: vi.Step, member: tarfile.TarInfo | None) -> tarfile.Tar
     info.size = item.size if step.kind == "file" else 0
     info.linkname = _tar_name(step.linkname) if step.kind == "hardlink" else step.linkname
     info.uname = info.gname = ""
-    info.pax_headers = _xattrs(member.pax_headers) if member else dict(step.xattrs or {})
+    info.pax_headers = dict(step.xattrs or {}) if xattrs is None else xattrs
     return info
 
 
@@ -461,7 +606,8 @@ class _Fetcher:
         self.tar: tarfile.TarFile | None = None
         self.calls = 0
 
-    def get(self, step: vi.Step) -> tuple[tarfile.TarInfo | None, BinaryIO | None]:
+    def get(self, step: vi.Step) -> tuple[dict | None, BinaryIO | None]:
+        """The entry's xattrs (as tar PAX fields) and, for a file, its data."""
         if step.fetch is None:
             return None, None
         if step.fetch != self.unit:
@@ -477,7 +623,8 @@ class _Fetcher:
         item = step.item
         if path != item.path or not _same_kind(step, member):
             raise vi.Stale(f"{item.path!r} changed while being backed up")
-        return member, self.tar.extractfile(member) if step.kind == "file" else None
+        data = self.tar.extractfile(member) if step.kind == "file" else None
+        return _xattrs(member.pax_headers), data
 
     def close(self) -> None:
         """The previous call's tar must hold nothing more than the listing said."""
@@ -517,32 +664,28 @@ def _worth_it(steps: Iterator[vi.Step]) -> bool:
     return calls * FETCH_COST + read < total
 
 
-def _incremental(
-    helper,
-    name: str,
-    artifact: Path,
-    codec: Codec,
-    progress: Progress,
-    listing: vi.Listing,
-    previous: Path,
-) -> dict | None:
-    """New and changed files read through the engine, the others' frames copied; None when
-    reading the whole volume would cost less."""
-    fd = os.open(previous, os.O_RDONLY)
+def _incremental(helper, job: _Job, listing: vi.Listing) -> dict | None:
+    """New and changed files read through the engine, the others' parts linked (or their
+    frames copied); None when reading the whole volume would cost less."""
+    prev = _Previous(job.previous)
     try:
-        if not _worth_it(vi.plan(listing, vi.read_index(fd))):
+        if not _worth_it(vi.plan(listing, prev.index())):
             return None
-        with ArtifactWriter(artifact, codec) as writer:
-            composer = _Composer(writer, listing.started, progress)
-            fetcher = _Fetcher(helper, name)
-            for step in vi.plan(listing, vi.read_index(fd)):
-                member, data = fetcher.get(step)
-                info = _listed_header(step, member)
-                composer.add(info, _index_key(step.item), data, step.reuse, fd)
-            fetcher.close()
-            return {**composer.finish(name), "engine_calls": fetcher.calls}
+        return _planned(job, listing, prev, _Fetcher(helper, job.name))
     finally:
-        os.close(fd)
+        prev.close()
+
+
+def _planned(job: _Job, listing: vi.Listing, prev: _Previous | None, fetcher) -> dict:
+    """The artifact as the plan says: entries the fetcher reads, parts and frames reused."""
+    with parts.PartedWriter(job.artifact, job.codec) as writer:
+        composer = _Composer(writer, listing.started, job.progress)
+        for step in vi.plan(listing, prev.index() if prev else ()):
+            xattrs, data = fetcher.get(step)
+            info = _listed_header(step, xattrs)
+            composer.add(info, _index_key(step.item), data, step.reuse, prev)
+        fetcher.close()
+        return {**composer.finish(job.name), "engine_calls": fetcher.calls}
 
 
 def _ensure_volume(engine: docker.DockerClient, name: str, labels: dict | None) -> bool:

@@ -1,0 +1,311 @@
+"""Parted artifacts: one zstd stream kept as numbered part files in a directory.
+
+    volumes/uploads_ID.tar.zst.parts/
+      00000000.zst 00000001.zst ...   complete zstd frames each; in name order they are
+                                      the artifact (`cat *.zst | zstd -dc | tar x`)
+      PARTS                           one line per part: name, stored size and sha256,
+                                      plaintext size and sha256, mtime when written
+
+A part that holds exactly what a part of an earlier backup holds is a hard link to it:
+unchanged files cost a directory entry, not a copy, and each backup still restores alone
+(a file's data stays on disk while any backup links it).  The artifact's sha256 in the
+manifest is that of PARTS, which pins every part; readers check each part against it.
+A part is linked only while its size and mtime are still those it was written with: one
+written to since (damaged in place) is not carried into a new backup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from workers.store.atomic import sync_filesystem
+from workers.store.codec import (
+    CHUNK,
+    PARTIAL,
+    PARTS_SUFFIX,
+    Codec,
+    CorruptArtifact,
+    HashingFile,
+    PlainHasher,
+    sha256_file,
+    zstd_chunks,
+)
+
+LIST_NAME = "PARTS"
+_HEADER = "# name\tsize\tsha256\tplain_bytes\tplain_sha256\tmtime_ns\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    name: str
+    size: int
+    sha256: str
+    plain_bytes: int
+    plain_sha256: str
+    mtime_ns: int
+
+    def line(self) -> str:
+        fields = (self.name, self.size, self.sha256, self.plain_bytes, self.plain_sha256)
+        return "\t".join(map(str, (*fields, self.mtime_ns))) + "\n"
+
+    def untouched(self, path: Path) -> bool:
+        """Whether the file still has the size and mtime this part was written with."""
+        try:
+            info = os.stat(path)
+        except OSError:
+            return False
+        return info.st_size == self.size and info.st_mtime_ns == self.mtime_ns
+
+
+def is_parted(path: str | Path) -> bool:
+    return str(path).endswith(PARTS_SUFFIX)
+
+
+def part_name(number: int) -> str:
+    return f"{number:08d}.zst"
+
+
+def read_list(directory: Path) -> list[Part]:
+    """The parts, in order; CorruptArtifact if the list is missing or malformed."""
+    try:
+        text = (directory / LIST_NAME).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CorruptArtifact(f"{directory.name}: no readable {LIST_NAME} ({exc})") from None
+    parts = []
+    for number, line in enumerate(text.splitlines()[1:]):
+        fields = line.split("\t")
+        try:
+            name, size, sha, plain_bytes, plain_sha, mtime_ns = fields
+            part = Part(name, int(size), sha, int(plain_bytes), plain_sha, int(mtime_ns))
+        except ValueError:
+            damaged = f"{directory.name}: {LIST_NAME} line {number + 2} is damaged"
+            raise CorruptArtifact(damaged) from None
+        if name != part_name(number):
+            raise CorruptArtifact(f"{directory.name}: {LIST_NAME} names {name!r} out of order")
+        parts.append(part)
+    return parts
+
+
+def stored_sha256(path: Path) -> str:
+    """The sha256 a manifest records of an artifact: of the file, or of a parted one's list
+    (each part is checked against the list when it is read)."""
+    if not is_parted(path):
+        return sha256_file(path)
+    try:
+        return hashlib.sha256((path / LIST_NAME).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise CorruptArtifact(f"{path.name}: no readable {LIST_NAME} ({exc})") from None
+
+
+def stored_size(path: Path) -> int:
+    """Bytes on disk of an artifact (a file, or a parted directory as listed)."""
+    if not is_parted(path):
+        return path.stat().st_size
+    return sum(p.size for p in read_list(path)) + (path / LIST_NAME).stat().st_size
+
+
+class _HashingReader:
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh, self.sha = fh, hashlib.sha256()
+
+    def read(self, n: int) -> bytes:
+        data = self.fh.read(n)
+        self.sha.update(data)
+        return data
+
+
+def _part_chunks(path: Path, part: Part) -> Iterator[bytes]:
+    """A part's plaintext, its stored and plain sha256 checked when it ends."""
+    plain, plain_size = hashlib.sha256(), 0
+    try:
+        with open(path / part.name, "rb") as fh:
+            stored = _HashingReader(fh)
+            for chunk in zstd_chunks(stored):
+                plain.update(chunk)
+                plain_size += len(chunk)
+                yield chunk
+    except (OSError, zstandard.ZstdError, CorruptArtifact) as exc:
+        raise CorruptArtifact(f"part {part.name}: {exc}") from None
+    if stored.sha.hexdigest() != part.sha256:
+        raise CorruptArtifact(f"part {part.name}: sha256 does not match {LIST_NAME}")
+    if plain_size != part.plain_bytes or plain.hexdigest() != part.plain_sha256:
+        raise CorruptArtifact(f"part {part.name}: decompressed content does not match")
+
+
+def read_plain(path: Path) -> Iterator[bytes]:
+    """The artifact's plaintext, part after part, each checked against the list."""
+    for part in read_list(path):
+        yield from _part_chunks(path, part)
+
+
+def check(path: Path, trust_linked: bool) -> dict:
+    """Read every part back (or, trusting links, only those no earlier backup shares: a
+    linked part was checked by the backup that wrote it, and is unchanged since).  Parts
+    are read side by side: decompressing and hashing release the GIL."""
+    listed = read_list(path)
+
+    def shared(part: Part) -> bool:
+        file = path / part.name
+        return trust_linked and part.untouched(file) and os.stat(file).st_nlink > 1
+
+    def read_back(part: Part) -> None:
+        for _ in _part_chunks(path, part):
+            pass
+
+    unshared = [part for part in listed if not shared(part)]
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        for _ in pool.map(read_back, unshared):  # the first defect in part order is raised
+            pass
+    return {"parts": len(listed), "parts_read": len(unshared)}
+
+
+def remove(path: Path) -> int:
+    """Delete an artifact (or a parted one's unfinished directory); the bytes this freed:
+    a part that other backups link frees none."""
+    if not path.is_dir():
+        size = path.stat().st_size
+        path.unlink()
+        return size
+    freed = 0
+    for entry in os.scandir(path):
+        info = entry.stat(follow_symlinks=False)
+        freed += info.st_size if info.st_nlink == 1 else 0
+        os.unlink(entry.path)
+    path.rmdir()
+    return freed
+
+
+class PartedWriter:
+    """Write a parted zstd artifact: frames as ArtifactWriter writes them, a new part file
+    whenever the caller ends one, and whole parts of an earlier artifact hard-linked in.
+
+    Parts are written to `<path>.partial/` and made durable together at commit (one
+    syncfs, not an fsync per part), then the directory is renamed."""
+
+    def __init__(self, path: Path, codec: Codec) -> None:
+        if codec.compression != "zstd" or codec.encrypted:
+            raise ValueError("parted artifacts are unencrypted zstd")
+        self.path = Path(str(path) + codec.suffix() + PARTS_SUFFIX)
+        self.partial = Path(str(self.path) + PARTIAL)
+        self.partial.mkdir(parents=True, mode=0o700)
+        # One thread: a part's frames are small, and a multi-threaded frame end waits for
+        # its workers (half a millisecond per frame here, for no gain in speed).
+        self._cctx = zstandard.ZstdCompressor(level=codec.zstd_level, write_checksum=True)
+        self._plain = PlainHasher()
+        self._parts: list[Part | None] = []  # None: written here, hashed at commit
+        self._open_part: tuple | None = None  # (file, hashing sink, compressor)
+        self._frame_open = False
+
+    @property
+    def current_part(self) -> str:
+        """The name of the part being written (opened if there is none)."""
+        self._ensure_part()
+        return part_name(len(self._parts) - 1)
+
+    def _ensure_part(self) -> tuple:
+        if self._open_part is None:
+            path = self.partial / part_name(len(self._parts))
+            fh = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb", CHUNK)
+            disk = HashingFile(fh)
+            self._open_part = (fh, disk, self._cctx.stream_writer(disk, closefd=False))
+            self._parts.append(None)
+        return self._open_part
+
+    def write(self, data: bytes) -> int:
+        _, _, top = self._ensure_part()
+        self._plain.plain(data)
+        top.write(data)
+        self._frame_open = True
+        return len(data)
+
+    def end_frame(self) -> int:
+        """End the frame in progress; the offset in the current part where the next begins."""
+        _, disk, top = self._ensure_part()
+        if self._frame_open:
+            top.flush(zstandard.FLUSH_FRAME)
+            self._frame_open = False
+        return disk.size
+
+    def append_frames(self, chunks: Iterable[bytes], plain_bytes: int | None = None) -> None:
+        """Complete frames copied verbatim into the current part (checked at commit)."""
+        self.end_frame()
+        _, disk, _ = self._open_part
+        for chunk in chunks:
+            disk.write(chunk)
+            self._plain.frames(chunk)
+        self._plain.end_frames(plain_bytes)
+
+    def end_part(self) -> None:
+        if self._open_part is None:
+            return
+        self.end_frame()
+        fh, disk, _ = self._open_part
+        fh.close()
+        self._plain.cut()
+        name = part_name(len(self._parts) - 1)
+        mtime = os.stat(self.partial / name).st_mtime_ns
+        self._parts[-1] = Part(name, disk.size, disk.sha.hexdigest(), -1, "", mtime)
+        self._open_part = None
+
+    def link_part(self, source: Path, part: Part) -> str:
+        """Add an earlier artifact's part as a hard link; its name here."""
+        self.end_part()
+        if not part.untouched(source / part.name):
+            raise CorruptArtifact(f"{source.name}/{part.name} was altered since it was written")
+        name = part_name(len(self._parts))
+        os.link(source / part.name, self.partial / name)
+        self._parts.append(replace(part, name=name))
+        return name
+
+    def commit(self) -> dict:
+        self.end_part()
+        defect = self._plain.finish()
+        if defect:
+            raise defect
+        cuts = iter(self._plain.cuts)
+        parts, written = [], []
+        for part in self._parts:
+            if part.plain_bytes < 0:  # written here: its plaintext hash is the next cut
+                size, sha = next(cuts)
+                part = replace(part, plain_bytes=size, plain_sha256=sha)
+                written.append(self.partial / part.name)
+            parts.append(part)
+        listing = (_HEADER + "".join(p.line() for p in parts)).encode()
+        fd = os.open(self.partial / LIST_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(listing)
+        sync_filesystem(self.partial, [*written, self.partial / LIST_NAME, self.partial])
+        os.replace(self.partial, self.path)
+        return {
+            "file": self.path.name,
+            "compression": "zstd",
+            "encrypted": False,
+            "size_bytes": sum(p.size for p in parts) + len(listing),
+            "sha256": hashlib.sha256(listing).hexdigest(),
+            "plain_bytes": sum(p.plain_bytes for p in parts),
+            "parts": len(parts),
+            "linked_parts": sum(1 for p in self._parts if p.plain_bytes >= 0),
+        }
+
+    def abort(self) -> None:
+        if self._open_part is not None:
+            self._open_part[0].close()
+            self._open_part = None
+        self._plain.finish()
+        if self.partial.exists():
+            remove(self.partial)
+
+    def __enter__(self) -> PartedWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
