@@ -28,7 +28,8 @@ def test_a_directory_swapped_for_a_symlink_is_not_followed(tmp_path):
     os.symlink(outside, root / "study")
     fetcher = volume_direct.DirectFetcher(root)
     try:
-        with pytest.raises(OSError):  # ELOOP: O_NOFOLLOW on the directory component
+        # O_NOFOLLOW|O_DIRECTORY on the directory component: ENOTDIR, never the host's file
+        with pytest.raises(vi.Stale, match="Not a directory"):
             fetcher.get(steps["study/image.dcm"])
     finally:
         fetcher.close()

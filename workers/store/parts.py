@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -183,6 +184,17 @@ def remove(path: Path) -> int:
     return freed
 
 
+POOL = os.cpu_count() or 1  # threads writing parts of their own
+
+
+class ShortRead(OSError):
+    """A file gave fewer bytes than listed: it changed while being backed up."""
+
+
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
 class PartedWriter:
     """Write a parted zstd artifact: frames as ArtifactWriter writes them, a new part file
     whenever the caller ends one, and whole parts of an earlier artifact hard-linked in.
@@ -198,11 +210,21 @@ class PartedWriter:
         self.partial.mkdir(parents=True, mode=0o700)
         # One thread: a part's frames are small, and a multi-threaded frame end waits for
         # its workers (half a millisecond per frame here, for no gain in speed).
-        self._cctx = zstandard.ZstdCompressor(level=codec.zstd_level, write_checksum=True)
+        self._level = codec.zstd_level
+        self._cctx = self._compressor()
         self._plain = PlainHasher()
-        self._parts: list[Part | None] = []  # None: written here, hashed at commit
+        # A Part, or a Future of one a pool thread writes; plain_bytes -1: written here and
+        # hashed by the plain hasher (see commit)
+        self._parts: list[Part | Future] = []
         self._open_part: tuple | None = None  # (file, hashing sink, compressor)
         self._frame_open = False
+        self._pool = ThreadPoolExecutor(POOL, thread_name_prefix="part")
+        self._slots = threading.BoundedSemaphore(POOL * 2)  # jobs queued or running
+        self._local = threading.local()
+        self._linked = 0
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        return zstandard.ZstdCompressor(level=self._level, write_checksum=True)
 
     @property
     def current_part(self) -> str:
@@ -213,7 +235,7 @@ class PartedWriter:
     def _ensure_part(self) -> tuple:
         if self._open_part is None:
             path = self.partial / part_name(len(self._parts))
-            fh = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb", CHUNK)
+            fh = open(path, "xb", buffering=CHUNK, opener=_private)
             disk = HashingFile(fh)
             self._open_part = (fh, disk, self._cctx.stream_writer(disk, closefd=False))
             self._parts.append(None)
@@ -255,6 +277,57 @@ class PartedWriter:
         self._parts[-1] = Part(name, disk.size, disk.sha.hexdigest(), -1, "", mtime)
         self._open_part = None
 
+    def own_part(
+        self, prefix: bytes, src: BinaryIO, size: int, wait: bool = False
+    ) -> Future[tuple[list, str]]:
+        """A part of its own: `prefix` (headers) in one frame, then `size` bytes of `src`
+        padded to tar's block in another; written by a pool thread (compression and hashing
+        release the GIL, so parts are written side by side), or here if `wait` (a stream
+        that must be read before the next entry).  It takes over `src` and closes it.
+        The future gives (the Part, [name, data frame offset, length], the data's sha256)."""
+        self.end_part()
+        name = part_name(len(self._parts))
+        if wait:
+            future: Future = Future()
+            try:
+                future.set_result(self._write_own(name, prefix, src, size))
+            except BaseException as exc:
+                future.set_exception(exc)
+        else:
+            self._slots.acquire()
+            future = self._pool.submit(self._write_own, name, prefix, src, size)
+            future.add_done_callback(lambda _: self._slots.release())
+        self._parts.append(future)
+        return future
+
+    def _write_own(self, name: str, prefix: bytes, src: BinaryIO, size: int) -> tuple:
+        cctx = getattr(self._local, "cctx", None) or self._compressor()
+        self._local.cctx = cctx
+        plain, content, done = hashlib.sha256(prefix), hashlib.sha256(), 0
+        path = self.partial / name
+        try:
+            with open(path, "xb", buffering=CHUNK, opener=_private) as fh:
+                disk = HashingFile(fh)
+                disk.write(cctx.compress(prefix))
+                offset = disk.size
+                with cctx.stream_writer(disk, closefd=False) as top:
+                    while done < size and (chunk := src.read(min(CHUNK, size - done))):
+                        top.write(chunk)
+                        plain.update(chunk)
+                        content.update(chunk)
+                        done += len(chunk)
+                    if done != size:
+                        raise ShortRead(f"{done} of {size} bytes could be read")
+                    pad = b"\0" * (-size % 512)
+                    top.write(pad)
+                    plain.update(pad)
+        finally:
+            src.close()
+        mtime = os.stat(path).st_mtime_ns
+        total = len(prefix) + size + len(pad)
+        part = Part(name, disk.size, disk.sha.hexdigest(), total, plain.hexdigest(), mtime)
+        return part, [name, offset, disk.size - offset], content.hexdigest()
+
     def link_part(self, source: Path, part: Part) -> str:
         """Add an earlier artifact's part as a hard link; its name here."""
         self.end_part()
@@ -263,24 +336,28 @@ class PartedWriter:
         name = part_name(len(self._parts))
         os.link(source / part.name, self.partial / name)
         self._parts.append(replace(part, name=name))
+        self._linked += 1
         return name
 
     def commit(self) -> dict:
         self.end_part()
+        self._pool.shutdown()
         defect = self._plain.finish()
         if defect:
             raise defect
         cuts = iter(self._plain.cuts)
         parts, written = [], []
         for part in self._parts:
-            if part.plain_bytes < 0:  # written here: its plaintext hash is the next cut
+            if isinstance(part, Future):
+                part = part.result()[0]
+                written.append(self.partial / part.name)
+            elif part.plain_bytes < 0:  # written here: its plaintext hash is the next cut
                 size, sha = next(cuts)
                 part = replace(part, plain_bytes=size, plain_sha256=sha)
                 written.append(self.partial / part.name)
             parts.append(part)
         listing = (_HEADER + "".join(p.line() for p in parts)).encode()
-        fd = os.open(self.partial / LIST_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
+        with open(self.partial / LIST_NAME, "xb", opener=_private) as fh:
             fh.write(listing)
         sync_filesystem(self.partial, [*written, self.partial / LIST_NAME, self.partial])
         os.replace(self.partial, self.path)
@@ -292,13 +369,14 @@ class PartedWriter:
             "sha256": hashlib.sha256(listing).hexdigest(),
             "plain_bytes": sum(p.plain_bytes for p in parts),
             "parts": len(parts),
-            "linked_parts": sum(1 for p in self._parts if p.plain_bytes >= 0),
+            "linked_parts": self._linked,
         }
 
     def abort(self) -> None:
         if self._open_part is not None:
             self._open_part[0].close()
             self._open_part = None
+        self._pool.shutdown(cancel_futures=True)  # a running job finishes its part first
         self._plain.finish()
         if self.partial.exists():
             remove(self.partial)

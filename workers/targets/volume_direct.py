@@ -105,22 +105,27 @@ def list_volume(root: Path, spool: Path) -> vi.Listing:
 
 class DirectFetcher:
     """New and changed entries read from the mountpoint; the same answers as the engine's
-    fetcher: the entry's xattrs (as tar PAX fields) and, for a file, its open data."""
+    fetcher: the entry's xattrs (as tar PAX fields) and, for a file, its open data (which
+    the caller closes).  Entries come in walk order, so the directories open from the root
+    down to the last parent are kept: the next entry's parent shares most of them."""
 
     def __init__(self, root: Path) -> None:
         self.root_fd = os.open(root, _DIR_FLAGS)
         self.calls = 0  # through the engine: none
         self.opened = 0
-        self._dir: tuple[str, int] | None = None  # the last parent opened: siblings share it
-        self._file: BinaryIO | None = None
+        self.files_apart = True  # each file is opened on its own: they may be read at once
+        self._open: list[tuple[str, int]] = []  # (name, descriptor) from the root down
 
     def _parent(self, parent: str) -> int:
-        if self._dir and self._dir[0] == parent:
-            return self._dir[1]
-        self._close_dir()
         names = [] if parent == ROOT else parent.split("/")
-        self._dir = (parent, _descend(os.dup(self.root_fd), names))
-        return self._dir[1]
+        shared = 0
+        while shared < min(len(names), len(self._open)) and self._open[shared][0] == names[shared]:
+            shared += 1
+        self._close_below(shared)
+        for name in names[shared:]:
+            fd = self._open[-1][1] if self._open else self.root_fd
+            self._open.append((name, os.open(os.fsencode(name), _DIR_FLAGS, dir_fd=fd)))
+        return self._open[-1][1] if self._open else self.root_fd
 
     def get(self, step: vi.Step) -> tuple[dict | None, BinaryIO | None]:
         if step.fetch is None:
@@ -128,36 +133,33 @@ class DirectFetcher:
         item = step.item
         self.opened += 1
         if item.path == ROOT:
-            return _xattrs(f"/proc/self/fd/{self.root_fd}".encode(), item.kind), None
+            return _xattrs(self.root_fd), None
+        if item.kind == "symlink":
+            return {}, None  # the engine's tar stores no xattrs of a symlink
         parent, _, base = item.path.rpartition("/")
-        dir_fd, raw = self._parent(parent or ROOT), os.fsencode(base)
-        xattrs = _xattrs(f"/proc/self/fd/{dir_fd}/".encode() + raw, item.kind)
-        if step.kind != "file":
-            return xattrs, None
-        if self._file:
-            self._file.close()
+        flags = _DIR_FLAGS if item.kind == "dir" else _FILE_FLAGS
         try:
-            fd = os.open(raw, _FILE_FLAGS, dir_fd=dir_fd)
+            fd = os.open(os.fsencode(base), flags, dir_fd=self._parent(parent or ROOT))
         except OSError as exc:
             raise vi.Stale(f"{item.path!r} changed while being backed up ({exc})") from None
-        self._file = os.fdopen(fd, "rb", buffering=0)
         info = os.fstat(fd)
         key = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        if not stat.S_ISREG(info.st_mode) or key != item.key:
+        xattrs = _xattrs(fd)
+        if item.kind == "file" and (not stat.S_ISREG(info.st_mode) or key != item.key):
+            os.close(fd)
             raise vi.Stale(f"{item.path!r} changed while being backed up")
-        return xattrs, self._file
+        if step.kind != "file":
+            os.close(fd)
+            return xattrs, None
+        return xattrs, os.fdopen(fd, "rb", buffering=0)  # the caller's to close
 
-    def _close_dir(self) -> None:
-        if self._dir:
-            os.close(self._dir[1])
-            self._dir = None
+    def _close_below(self, depth: int) -> None:
+        while len(self._open) > depth:
+            os.close(self._open.pop()[1])
 
     def close(self) -> None:
         """Release every descriptor (again: a no-op)."""
-        if self._file:
-            self._file.close()
-            self._file = None
-        self._close_dir()
+        self._close_below(0)
         if self.root_fd >= 0:
             os.close(self.root_fd)
             self.root_fd = -1
@@ -207,14 +209,11 @@ def mount_source(attrs: dict, path: str) -> tuple[Path, str] | None:
     return Path(best[0]), path[len(best[1]) + 1 :]
 
 
-def _xattrs(path: bytes, kind: str) -> dict:
+def _xattrs(fd: int) -> dict:
     """The extended attributes the engine's tar carries (security.capability only), as PAX
-    fields; `path` goes through a pinned directory descriptor, its last component not
-    followed."""
-    if kind == "symlink":
-        return {}
+    fields, of an open file or directory."""
     try:
-        value = os.getxattr(path, CAPABILITY, follow_symlinks=False)
+        value = os.getxattr(fd, CAPABILITY)
     except OSError:  # ENODATA mostly: no capability set
         return {}
     return {f"SCHILY.xattr.{CAPABILITY}": value.decode("utf-8", "surrogateescape")}

@@ -23,7 +23,9 @@ import tarfile
 import tempfile
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -413,11 +415,21 @@ class _Composer:
     those are unchanged since the previous backup, that part is hard-linked: neither read
     nor copied.  Smaller files share parts between those."""
 
-    def __init__(self, writer: parts.PartedWriter, started: int | None, progress: Progress) -> None:
+    def __init__(
+        self,
+        writer: parts.PartedWriter,
+        started: int | None,
+        progress: Progress,
+        side_by_side: bool = False,
+    ) -> None:
+        """`side_by_side`: new files' parts are written by the writer's threads (their data
+        must then be files of their own, not a stream read in order)."""
         self.writer, self.guard, self.meter = writer, SafetyFilter(), _Meter(progress)
         self.index = vi.IndexSpool(writer.partial.parent, started)
         self.manifest = hashlib.sha256()
+        self.side_by_side = side_by_side
         self.held = b""  # headers not written yet: they open the next part
+        self.pending: deque[list] = deque()  # entries recorded in order once their part is
         # reused: not read again (linked, or a small file's frame copied)
         self.stats = {"reused_files": 0, "reused_bytes": 0, "linked_files": 0, "read_bytes": 0}
 
@@ -431,27 +443,44 @@ class _Composer:
     ) -> None:
         path = self.guard.check(info)
         header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-        frame, sha = None, None
+        frame, sha, prefix_sha = None, None, None
         if not (info.isreg() and info.size):  # a header alone: held for the next part
             self._hold(header)
             sha = EMPTY_SHA256 if info.isreg() else None
         elif info.size >= OWN_PART:
             prefix, self.held = self.held + header, b""
+            prefix_sha = hashlib.sha256(prefix).hexdigest()
             self.writer.end_part()
-            frame = self._link(prefix, info.size, reuse, previous)
-            if frame is None:
+            frame = self._link(prefix, prefix_sha, info.size, reuse, previous)
+            if frame is None and not reuse:
+                frame = self.writer.own_part(prefix, data, info.size, not self.side_by_side)
+                self.stats["read_bytes"] += info.size
+            elif frame is None:  # the previous part holds other headers: its data is copied
                 self._write(prefix)
                 frame, sha = self._data(data, info.size, path, reuse, previous)
-                frame.append(hashlib.sha256(prefix).hexdigest())
-            self.writer.end_part()
+                frame.append(prefix_sha)
+                self.writer.end_part()
         else:
             self._write(self.held + header)
             self.held = b""
             frame, sha = self._data(data, info.size, path, reuse, previous)
-        sha = reuse[4] if reuse else sha
-        entry = _entry(info, path, sha)
-        self.manifest.update(_manifest_line(path, entry))
-        self.index.add([path, entry["type"], key, frame, sha, info.pax_headers or None])
+        self.pending.append([info, path, key, frame, reuse[4] if reuse else sha, prefix_sha])
+        self._record(block=False)
+
+    def _record(self, block: bool) -> None:
+        """Index and manifest lines of the entries whose data is written, in order."""
+        while self.pending:
+            info, path, key, frame, sha, prefix_sha = self.pending[0]
+            if isinstance(frame, Future):
+                if not (block or frame.done()):
+                    return
+                part, frame, sha = frame.result()
+                frame += [True, prefix_sha]
+                self.meter.add(part.plain_bytes)
+            self.pending.popleft()
+            entry = _entry(info, path, sha)
+            self.manifest.update(_manifest_line(path, entry))
+            self.index.add([path, entry["type"], key, frame, sha, info.pax_headers or None])
 
     def _hold(self, header: bytes) -> None:
         self.held += header
@@ -476,11 +505,16 @@ class _Composer:
         self.meter.add(len(data))
 
     def _link(
-        self, prefix: bytes, size: int, reuse: list | None, previous: _Previous | None
+        self,
+        prefix: bytes,
+        prefix_sha: str,
+        size: int,
+        reuse: list | None,
+        previous: _Previous | None,
     ) -> list | None:
         """The previous backup's own part of this file, linked if it holds these very headers
         (its own, and those of the entries held before it) and data."""
-        if not reuse or not reuse[3][3] or reuse[3][4] != hashlib.sha256(prefix).hexdigest():
+        if not reuse or not reuse[3][3] or reuse[3][4] != prefix_sha:
             return None  # a header changed (a directory's mtime, say): copy the data frame
         part = previous.parts.get(reuse[3][0])
         if part is None or part.plain_bytes != len(prefix) + _padded(size):
@@ -498,6 +532,7 @@ class _Composer:
             self._write(chunk)
             sha.update(chunk)
             done += len(chunk)
+        src.close()
         if done != size:
             raise vi.Stale(f"{path!r}: {done} of {size} bytes could be read")
         self._write(b"\0" * (-size % tarfile.BLOCKSIZE))
@@ -519,6 +554,7 @@ class _Composer:
         return [self.writer.current_part, start, self.writer.end_frame() - start, size >= OWN_PART]
 
     def finish(self, name: str) -> dict:
+        self._record(block=True)
         self.guard.recheck_links()
         self._write(self.held + b"\0" * (2 * tarfile.BLOCKSIZE))
         offset = self.writer.end_frame()
@@ -605,6 +641,7 @@ class _Fetcher:
         self.unit: str | None = None
         self.tar: tarfile.TarFile | None = None
         self.calls = 0
+        self.files_apart = False  # members of one stream: each read before the next
 
     def get(self, step: vi.Step) -> tuple[dict | None, BinaryIO | None]:
         """The entry's xattrs (as tar PAX fields) and, for a file, its data."""
@@ -679,7 +716,7 @@ def _incremental(helper, job: _Job, listing: vi.Listing) -> dict | None:
 def _planned(job: _Job, listing: vi.Listing, prev: _Previous | None, fetcher) -> dict:
     """The artifact as the plan says: entries the fetcher reads, parts and frames reused."""
     with parts.PartedWriter(job.artifact, job.codec) as writer:
-        composer = _Composer(writer, listing.started, job.progress)
+        composer = _Composer(writer, listing.started, job.progress, fetcher.files_apart)
         for step in vi.plan(listing, prev.index() if prev else ()):
             xattrs, data = fetcher.get(step)
             info = _listed_header(step, xattrs)
