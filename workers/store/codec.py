@@ -22,6 +22,7 @@ import pyrage
 import zstandard
 
 from workers.config import DEFAULT_ZSTD_LEVEL
+from workers.store.atomic import start_writeback
 
 SUFFIX = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 AGE_SUFFIX = ".age"
@@ -61,17 +62,25 @@ def codec_of(path: str | Path) -> tuple[str, bool]:
 
 
 class HashingFile:
-    """The bottom of the stack: the file on disk, hashed as written."""
+    """The bottom of the stack: the file on disk, hashed as written.  Every WRITEBACK bytes
+    the kernel is told to start writing what has reached it (all but the buffer's worth)."""
+
+    WRITEBACK = 8 << 20
 
     def __init__(self, fh: BinaryIO) -> None:
         self.fh = fh
         self.sha = hashlib.sha256()
         self.size = 0
+        self._kicked = 0
 
     def write(self, data: bytes) -> int:
         self.fh.write(data)
         self.sha.update(data)
         self.size += len(data)
+        flushed = self.size - CHUNK  # the buffered writer holds at most CHUNK bytes
+        if flushed - self._kicked >= self.WRITEBACK:
+            start_writeback(self.fh.fileno(), self._kicked, flushed - self._kicked)
+            self._kicked = flushed
         return len(data)
 
     def flush(self) -> None:
