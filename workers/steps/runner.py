@@ -17,6 +17,7 @@ staging area, so the step that joins the stage cleans up, unlocks and reports, o
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import time
 import traceback
@@ -66,7 +67,7 @@ def execute(
     if joined:
         run = journal.join(run)
     settings = config.load()
-    broker = redis.Redis.from_url(settings.broker_url)
+    broker = _broker(settings.broker_url)
     ctx = StepContext(
         settings=settings, progress=Progress(broker, run["id"], name, task), broker=broker
     )
@@ -81,6 +82,14 @@ def execute(
         return _execute(name, fn, run, ctx, on_failure, mine)
     finally:
         locks.release(broker, mine)
+
+
+@functools.cache
+def _broker(url: str) -> redis.Redis:
+    """One client per URL for the life of the process: its pool keeps the connection, which
+    each step used to open anew (a connect and a handshake per step).  redis-py drops a
+    pool's connections in a forked child, so a pool process never shares its parent's."""
+    return redis.Redis.from_url(url)
 
 
 def _beside(run: dict, name: str) -> bool:
