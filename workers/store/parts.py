@@ -279,7 +279,7 @@ class PartedWriter:
 
     def own_part(
         self, prefix: bytes, src: BinaryIO, size: int, wait: bool = False
-    ) -> Future[tuple[list, str]]:
+    ) -> Future[tuple[Part, list, str]]:
         """A part of its own: `prefix` (headers) in one frame, then `size` bytes of `src`
         padded to tar's block in another; written by a pool thread (compression and hashing
         release the GIL, so parts are written side by side), or here if `wait` (a stream
@@ -300,7 +300,9 @@ class PartedWriter:
         self._parts.append(future)
         return future
 
-    def _write_own(self, name: str, prefix: bytes, src: BinaryIO, size: int) -> tuple:
+    def _write_own(
+        self, name: str, prefix: bytes, src: BinaryIO, size: int
+    ) -> tuple[Part, list, str]:
         cctx = getattr(self._local, "cctx", None) or self._compressor()
         self._local.cctx = cctx
         plain, content, done = hashlib.sha256(prefix), hashlib.sha256(), 0
@@ -317,7 +319,7 @@ class PartedWriter:
                         content.update(chunk)
                         done += len(chunk)
                     if done != size:
-                        raise ShortRead(f"{done} of {size} bytes could be read")
+                        raise ShortRead(f"part {name}: {done} of {size} bytes could be read")
                     pad = b"\0" * (-size % 512)
                     top.write(pad)
                     plain.update(pad)
