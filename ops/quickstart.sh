@@ -40,5 +40,5 @@ fi
 id=$(xiehe-backup backup --reason "quickstart demo" | tail -n 1)
 echo
 echo "backup $id lies in $XIEHE_BACKUP_DIR:"
-find "$XIEHE_BACKUP_DIR" -name "*${id}*" -type f | sort
+find "$XIEHE_BACKUP_DIR" -name "*${id}*" | sort  # a volume is a directory of parts
 xiehe-backup list
