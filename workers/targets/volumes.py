@@ -429,7 +429,7 @@ class _Composer:
         self.manifest = hashlib.sha256()
         self.side_by_side = side_by_side
         self.held = b""  # headers not written yet: they open the next part
-        self.pending: deque[list] = deque()  # entries recorded in order once their part is
+        self.pending: deque[list] = deque()  # entries, recorded in order once their data is in
         # reused: not read again (linked, or a small file's frame copied)
         self.stats = {"reused_files": 0, "reused_bytes": 0, "linked_files": 0, "read_bytes": 0}
 
