@@ -5,8 +5,9 @@
 calls one of our target functions and prints its result as JSON.  It imports only what
 that call needs (no Celery, no data generator, Docker only in container mode): the
 peers it is compared with are native tools that start in a few milliseconds.  The result
-also carries `warm_s`, the call alone, timed after those imports: what the step costs in
-a running worker, whose processes import everything once when they start.
+also carries `warm_s`, the call alone, timed after those imports and after the Docker
+client is made: what the step costs in a running worker, whose processes import
+everything and make their engine client once.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ def _codec():
 
 
 def _docker():
-    import docker
+    """The engine client a step gets: made once per worker process, pinged per step."""
+    from workers.targets import docker_engine
 
-    return docker.from_env(timeout=600)
+    return docker_engine.client()
 
 
 def _mysql_dump(p: dict) -> dict:
@@ -97,7 +99,7 @@ def main(case: str, params: dict) -> int:
     try:
         importlib.import_module(module)
         if case == "volume-archive" or params.get("container"):
-            importlib.import_module("docker")
+            _docker()  # a running worker's process has its client already
         start = time.perf_counter()
         result = call(params)
     except (ImportError, AttributeError) as exc:

@@ -14,6 +14,7 @@ from producers.cli import common
 from workers import workflows
 from workers.config import Settings
 from workers.errors import BackupError
+from workers.progress import ENDED, EndSignal
 from workers.progress import read as read_progress
 
 KINDS = ("mysql", "redis", "volumes")
@@ -22,7 +23,6 @@ HOW_TO_SET = {
     "redis": "XIEHE_REDIS_URL is not set",
     "volumes": "XIEHE_VOLUMES is not set",
 }
-ENDED = ("succeeded", "failed")
 POLL = 0.1  # s between reads of the run's progress record
 
 
@@ -76,10 +76,14 @@ def outcome(client: redis.Redis, run_id: str) -> dict | None:
 def wait(client: redis.Redis, run_id: str, timeout: float) -> dict | None:
     """Wait for the run to end; its final record, or None when `timeout` seconds passed."""
     deadline = time.monotonic() + timeout
-    while True:
-        state = outcome(client, run_id)
-        if state is not None:
-            return state
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(min(POLL, max(deadline - time.monotonic(), 0.01)))
+    ending = EndSignal(client, run_id)
+    try:
+        while True:
+            state = outcome(client, run_id)
+            if state is not None:
+                return state
+            if time.monotonic() >= deadline:
+                return None
+            ending.wait(min(POLL, max(deadline - time.monotonic(), 0.01)))
+    finally:
+        ending.close()

@@ -4,13 +4,14 @@ progress, from the run journals and the broker's progress hash; `status RUN_ID`.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 from tests.conftest import base_env
 from tests.support.cli import cli
 from workers import config
-from workers.progress import Progress
+from workers.progress import EndSignal, Progress
 from workers.steps.targets_of import redis_lock
 from workers.store import journal, locks
 from workers.store.layout import Tree
@@ -113,3 +114,21 @@ def test_a_running_steps_bytes_and_rate_come_from_the_broker(broker, tmp_path):
 
     unknown = cli(env, "status", "20990101_000000")
     assert unknown.returncode == 1 and "no run 20990101_000000" in unknown.stderr
+
+
+def test_a_follower_is_woken_by_the_end_of_the_run(broker):
+    """The end is published as well as written: a follower's pause ends with it (a pause
+    that only timed out returns False), and a pause with no end times out."""
+    client = broker.client()
+    ending = EndSignal(client, "20991231_000001")
+    try:
+        assert ending.wait(0.2) is False  # nothing ended
+        end = threading.Timer(
+            0.5, lambda: Progress(client, "20991231_000001", "notify").publish(status="succeeded")
+        )
+        end.start()
+        assert ending.wait(120) is True
+        end.join()
+        assert client.hget("xiehe:run:20991231_000001", "status") == b"succeeded"
+    finally:
+        ending.close()

@@ -165,15 +165,20 @@ def test_damaged_previous_artifact_is_not_propagated(engine, new_volume, tmp_pat
 
 def test_odd_names_are_archived_whole_or_walked(engine, new_volume, tmp_path, backup):
     name = new_volume()
-    run_in(engine, name, "cd /target && printf x > \"$(printf 'two\\nlines')\" && printf y > z")
+    script = "cd /target && printf x > \"$(printf 'two\\nlines')\" && printf y > z"
+    script += " && printf w > \"$(printf 'latin1-\\351')\""  # not UTF-8: a surrogate in Python
+    run_in(engine, name, script)
     settle()
     first, first_artifact = backup(engine, name, tmp_path / "b1", "b1")
     state = volumes.file_inventory(engine, name, HELPER)
-    assert "two\nlines" in state
-    second, _ = backup(engine, name, tmp_path / "b2", "b2", previous=first_artifact)
+    assert "two\nlines" in state and os.fsdecode(b"latin1-\xe9") in state
+    second, artifact = backup(engine, name, tmp_path / "b2", "b2", previous=first_artifact)
     assert second["manifest_sha256"] == first["manifest_sha256"] == volumes.manifest_sha256(state)
+    target = new_volume(create=False)
+    volumes.restore(engine, target, artifact, HELPER)
+    assert volumes.file_inventory(engine, target, HELPER) == state
     if backup.direct:  # a walk has no separators to trip on: nothing is read again
-        assert first["note"] is None and second["reused_files"] == 2
+        assert first["note"] is None and second["reused_files"] == 3
     else:
         assert "not listed" in first["note"] and second["reused_files"] == 0
 

@@ -6,6 +6,7 @@ sent as a `task-progress` event whose `result` field carries "bytes done of tota
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -15,12 +16,18 @@ from kombu.exceptions import OperationalError
 from workers.units import human_bytes
 
 RUN_KEY = "xiehe:run:"
+ENDED_CHANNEL = "xiehe:run-ended:"
 RUN_TTL = 7 * 24 * 3600
 EVERY = 0.5  # seconds between updates: progress must not cost throughput
+ENDED = ("succeeded", "failed")
 
 
 def run_key(run_id: str) -> str:
     return RUN_KEY + run_id
+
+
+def ended_channel(run_id: str) -> str:
+    return ENDED_CHANNEL + run_id
 
 
 class Progress:
@@ -41,6 +48,8 @@ class Progress:
             with self.client.pipeline() as pipe:
                 pipe.hset(run_key(self.run_id), mapping=fields)
                 pipe.expire(run_key(self.run_id), RUN_TTL)
+                if fields.get("status") in ENDED:  # wakes the followers (EndSignal) at once
+                    pipe.publish(ended_channel(self.run_id), fields["status"])
                 pipe.execute()
             task = self.task
             if task is not None and getattr(task, "request", None) and task.request.id:
@@ -71,3 +80,37 @@ class Progress:
 def read(client: redis.Redis, run_id: str) -> dict[str, str]:
     raw = client.hgetall(run_key(run_id))
     return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+class EndSignal:
+    """A follower's pause between two reads of a run's progress, cut short when the run
+    ends: the end is also published, so a follower learns it at once rather than at its
+    next read.  The progress hash stays the record: an end published before the
+    subscription, or lost with the broker, is read there at the next poll."""
+
+    def __init__(self, client: redis.Redis, run_id: str) -> None:
+        self._pubsub: Any = None
+        try:
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(ended_channel(run_id))
+            self._pubsub = pubsub
+        except redis.RedisError:
+            pass  # plain polling
+
+    def wait(self, seconds: float) -> bool:
+        """Pause up to `seconds`; True if cut short by the run's end."""
+        deadline = time.monotonic() + seconds
+        while self._pubsub is not None and (left := deadline - time.monotonic()) > 0:
+            try:  # None for the subscription's own confirmation: wait on
+                if self._pubsub.get_message(timeout=left) is not None:
+                    return True
+            except redis.RedisError:
+                self.close()
+        time.sleep(max(deadline - time.monotonic(), 0))
+        return False
+
+    def close(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(redis.RedisError):
+                self._pubsub.close()
+            self._pubsub = None

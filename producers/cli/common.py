@@ -14,14 +14,14 @@ from workers.config import Settings
 from workers.errors import BackupError
 from workers.offsite import settings as offsite_settings
 from workers.offsite.rclone import Rclone
+from workers.progress import EndSignal
 from workers.progress import read as read_progress
 from workers.store.layout import Tree
 from workers.units import human_bytes
 
 SILENCE_CHECK = 15.0  # seconds without progress before asking whether a worker is alive
 BROKER_GRACE = 120.0  # seconds the broker may be unreachable (a restart) while following
-# Between two reads of the progress hash (one HGETALL): the end of a run is seen this late
-# at most, which every backup through the CLI pays once.
+# Between two reads of the progress hash (one HGETALL); the end of a run cuts it short.
 POLL = 0.05
 
 
@@ -67,6 +67,14 @@ def require_worker(timeout: float = 3.0) -> None:
 
 def follow(client: redis.Redis, run_id: str, out=sys.stderr) -> dict:
     """Show a run's progress until it ends; return its final progress record."""
+    ending = EndSignal(client, run_id)
+    try:
+        return _follow(client, run_id, out, ending)
+    finally:
+        ending.close()
+
+
+def _follow(client: redis.Redis, run_id: str, out, ending: EndSignal) -> dict:
     live = out.isatty()
     last_line, last_change, last_seen = "", time.monotonic(), None
     shown: set[str] = set()  # a log gets one line per step, also when steps run side by side
@@ -94,7 +102,7 @@ def follow(client: redis.Redis, run_id: str, out=sys.stderr) -> dict:
                     "worker starts (`celery -A workers worker`)"
                 )
             last_change = time.monotonic()
-        time.sleep(POLL)
+        ending.wait(POLL)
 
 
 def _read_through_restarts(client: redis.Redis, run_id: str, out) -> dict:

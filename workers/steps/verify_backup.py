@@ -7,7 +7,6 @@ artifact is checked by its ciphertext's sha256 only and reported as such.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 from workers.context import StepContext
 from workers.errors import BackupError
 from workers.store import parts
-from workers.store.codec import ChunkStream, CorruptArtifact, read_plain
+from workers.store.codec import ChunkStream, CorruptArtifact, PlainHasher, read_plain
 from workers.targets import redis, tar_safety
 
 DUMP_MARKER = b"-- Dump completed"
@@ -44,9 +43,10 @@ CONTENT_CHECKS = {
 }
 
 
-def _hashed(chunks: Iterator[bytes], sha) -> Iterator[bytes]:
+def _hashed(chunks: Iterator[bytes], hasher: PlainHasher) -> Iterator[bytes]:
+    """The chunks, hashed by the hasher's thread while the next one is decompressed."""
     for chunk in chunks:
-        sha.update(chunk)
+        hasher.plain(chunk)
         yield chunk
 
 
@@ -102,21 +102,26 @@ def verify_artifact(
 
 
 def _content(path: Path, artifact: dict, identity_file: Path | None) -> dict:
-    """The plaintext's sha256 and the kind's own check; raises CorruptArtifact."""
+    """The plaintext's sha256 and the kind's own check; raises CorruptArtifact.  A parted
+    artifact's plaintext is not hashed whole: each part's is checked as it is read."""
     name = artifact["file"]
     check = CONTENT_CHECKS.get(artifact["kind"])
-    plain = hashlib.sha256()
-    chunks = _hashed(read_plain(path, identity_file), plain)
+    hasher = None if parts.is_parted(path) else PlainHasher()
+    chunks = read_plain(path, identity_file)
+    if hasher:
+        chunks = _hashed(chunks, hasher)
     try:
         detail = check(chunks) if check else {}
-        for _ in chunks:  # a content check may stop early: hash the rest
+        for _ in chunks:  # a content check may stop early: read (and hash) the rest
             pass
     except CorruptArtifact:
         raise
     except Exception as exc:  # a parser's error on damaged content
         raise CorruptArtifact(f"{name}: {exc}") from None
-    whole = not parts.is_parted(path)  # a parted one's parts were checked as they were read
-    if whole and plain.hexdigest() != artifact["plain_sha256"]:
+    finally:
+        if hasher:
+            hasher.finish()
+    if hasher and hasher.sha.hexdigest() != artifact["plain_sha256"]:
         raise CorruptArtifact(f"{name}: the decompressed content does not match its sha256")
     return detail or {}
 

@@ -57,7 +57,7 @@ class Part:
         fields = (self.name, self.size, self.sha256, self.plain_bytes, self.plain_sha256)
         return "\t".join(map(str, (*fields, self.mtime_ns))) + "\n"
 
-    def untouched(self, path: Path) -> bool:
+    def untouched(self, path: str | Path) -> bool:
         """Whether the file still has the size and mtime this part was written with."""
         try:
             info = os.stat(path)
@@ -333,10 +333,11 @@ class PartedWriter:
     def link_part(self, source: Path, part: Part) -> str:
         """Add an earlier artifact's part as a hard link; its name here."""
         self.end_part()
-        if not part.untouched(source / part.name):
+        linked = f"{source}/{part.name}"  # strings: Path joins cost more than the link here
+        if not part.untouched(linked):
             raise CorruptArtifact(f"{source.name}/{part.name} was altered since it was written")
         name = part_name(len(self._parts))
-        os.link(source / part.name, self.partial / name)
+        os.link(linked, f"{self.partial}/{name}")
         self._parts.append(replace(part, name=name))
         self._linked += 1
         return name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import docker
@@ -16,13 +17,22 @@ def client(docker_url: str | None = None) -> docker.DockerClient:
     """A client that has answered a ping; TargetError("docker", ...) says why it cannot."""
     where = docker_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     try:
-        engine = docker.DockerClient(base_url=docker_url) if docker_url else docker.from_env()
+        engine = _client(docker_url, os.environ.get("DOCKER_HOST"), os.getpid())
         engine.ping()
     except DockerException as exc:
         raise TargetError(
             "docker", f"cannot reach the engine at {where}: {exc}. Is dockerd running?"
         ) from None
     return engine
+
+
+@functools.cache
+def _client(docker_url: str | None, _host: str | None, _pid: int) -> docker.DockerClient:
+    """One client per engine address and process (a forked child never shares its parent's
+    connections): a step used to make its own, negotiating the API version and connecting
+    anew.  Its pool reconnects after an engine restart; the caller's ping says whether the
+    engine answers now."""
+    return docker.DockerClient(base_url=docker_url) if docker_url else docker.from_env()
 
 
 def _container(engine: docker.DockerClient, name: str):

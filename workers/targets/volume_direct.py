@@ -16,7 +16,6 @@ a byte of it is used.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 import time
@@ -24,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from workers.store import jsonlines
 from workers.targets import volume_index as vi
 from workers.targets.tar_safety import ROOT
 
@@ -78,7 +78,7 @@ def _walk(dir_fd: int, prefix: str) -> Iterator[list]:
 
 
 def _parse(line: bytes, started: int) -> vi.Listed:
-    path, kind, mode, uid, gid, size, nlink, ino, mtime_ns, ctime_ns, target = json.loads(line)
+    path, kind, mode, uid, gid, size, nlink, ino, mtime_ns, ctime_ns, target = jsonlines.loads(line)
     mtime, ctime = mtime_ns // 10**9, ctime_ns // 10**9
     return vi.Listed(
         path, kind, mode, uid, gid, size, mtime, nlink, ino,
@@ -95,8 +95,8 @@ def list_volume(root: Path, spool: Path) -> vi.Listing:
         fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
             for entries in [_record(ROOT, os.fstat(root_fd), "")], _walk(root_fd, ""):
-                for entry in entries:  # ASCII JSON keeps undecodable names' surrogates
-                    out.write(json.dumps(entry, ensure_ascii=True).encode() + b"\n")
+                for entry in entries:
+                    out.write(jsonlines.dumps(entry) + b"\n")
                     count += 1
     finally:
         os.close(root_fd)

@@ -18,7 +18,6 @@ and an index stream through a merge without ever being held in memory.
 from __future__ import annotations
 
 import io
-import json
 import os
 import struct
 import tarfile
@@ -30,6 +29,7 @@ from typing import Any
 
 import zstandard
 
+from workers.store import jsonlines
 from workers.store.codec import CHUNK, ChunkStream, CorruptArtifact
 from workers.targets.tar_safety import ROOT, normalize
 
@@ -195,7 +195,7 @@ class IndexSpool:
         self.add({"format": FORMAT, "listed_at": started})
 
     def add(self, record: list | dict) -> None:
-        self._z.write(json.dumps(record, ensure_ascii=False).encode("utf-8", "surrogateescape"))
+        self._z.write(jsonlines.dumps(record))
         self._z.write(b"\n")
 
     def frames(self, offset: int) -> Iterator[bytes]:
@@ -239,7 +239,7 @@ def read_index(fd: int) -> Iterator[list]:
             buf += dobj.decompress(chunk)
             *lines, buf = buf.split(b"\n")
             for line in lines:
-                record = json.loads(line.decode("utf-8", "surrogateescape"))
+                record = jsonlines.loads(line)
                 if first and record.get("format") != FORMAT:
                     raise Stale(f"index format {record.get('format')} is not {FORMAT}")
                 if not first:

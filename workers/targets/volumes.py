@@ -46,7 +46,7 @@ from workers.store.codec import (
     CorruptArtifact,
     open_plain,
 )
-from workers.targets import volume_direct
+from workers.targets import tar_header, volume_direct
 from workers.targets import volume_index as vi
 from workers.targets.docker_engine import (
     containers_using_volume,
@@ -73,6 +73,7 @@ HELPER_TIMEOUT = 3600  # seconds for the wipe step of a restore, or a listing
 FETCH_COST = 8 << 20
 OWN_PART = 64 << 10  # a file this big gets a part file of its own, linked while unchanged
 HELD_HEADERS = 1 << 20  # headers held for the next part at most, then written to a shared one
+_MANIFEST_ENCODE = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode  # made once
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # get_archive streams straight from urllib3, whose errors requests does not wrap there
 _ENGINE_ERRORS = (DockerException, requests.RequestException, urllib3.exceptions.HTTPError)
@@ -80,6 +81,10 @@ _ENGINE_ERRORS = (DockerException, requests.RequestException, urllib3.exceptions
 
 def check(engine: docker.DockerClient, name: str) -> dict:
     """What the volume is and which running containers use it."""
+    return {**_inspect(engine, name), "in_use_by": _running_users(engine, name)}
+
+
+def _inspect(engine: docker.DockerClient, name: str) -> dict:
     try:
         volume = engine.volumes.get(name)
     except NotFound:
@@ -92,7 +97,6 @@ def check(engine: docker.DockerClient, name: str) -> dict:
         "mountpoint": attrs.get("Mountpoint"),
         "driver": attrs.get("Driver"),
         "labels": attrs.get("Labels") or {},
-        "in_use_by": _running_users(engine, name),
     }
 
 
@@ -177,7 +181,7 @@ def _entries(tar: tarfile.TarFile, guard: SafetyFilter | None) -> Iterator[tuple
 
 
 def _manifest_line(path: str, entry: dict) -> bytes:
-    return json.dumps([path, entry], sort_keys=True, ensure_ascii=False).encode() + b"\n"
+    return _MANIFEST_ENCODE([path, entry]).encode("utf-8", "surrogateescape") + b"\n"
 
 
 def manifest_sha256(inventory: dict[str, dict]) -> str:
@@ -243,7 +247,7 @@ def archive(
     files' parts are linked (parted artifacts only); the result tells what was reused.
     `direct`: read the volume in place when this process can (volume_direct), else (or
     if that fails) through the engine."""
-    volume = check(engine, name)  # the engine would silently create a missing volume on mount
+    volume = _inspect(engine, name)  # the engine would silently create a missing one on mount
     framed = codec.compression == "zstd" and not codec.encrypted
     root = volume_direct.readable_root(volume["driver"], volume["mountpoint"])
     out_dir = Path(out_dir)
@@ -442,7 +446,7 @@ class _Composer:
         previous: _Previous | None = None,
     ) -> None:
         path = self.guard.check(info)
-        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        header = tar_header.header(info)
         frame, sha, prefix_sha = None, None, None
         if not (info.isreg() and info.size):  # a header alone: held for the next part
             self._hold(header)
