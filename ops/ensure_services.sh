@@ -17,10 +17,14 @@ if ((${#missing[@]})); then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Installed again whenever pyproject.toml changed since the last install (a new dependency).
+stamp=/var/tmp/xiehe-backup-pyproject.sha256
 if ! python3 -c "import workers, celery, pyrage, zstandard, pytest, moto.server" 2>/dev/null \
-   || ! command -v xiehe-backup >/dev/null; then
+   || ! command -v xiehe-backup >/dev/null \
+   || [[ "$(sha256sum < pyproject.toml)" != "$(cat "$stamp" 2>/dev/null)" ]]; then
   echo "installing Python packages"
   python3 -m pip install -q -e '.[test]'
+  sha256sum < pyproject.toml > "$stamp"
 fi
 
 # MariaDB and Redis are started before sessions and CI; start them if they stopped.
