@@ -8,12 +8,14 @@ import threading
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pymysql
 import pytest
 
 from workers.config import MySQLSettings
 from workers.errors import TargetError
+from workers.steps import verify_restore
 from workers.store.codec import Codec
 from workers.targets import mysql
 
@@ -361,3 +363,17 @@ def test_failed_row_names_the_table_never_the_values(tmp_path, names):
     message = str(err.value)
     assert "`secret`" in message and "Duplicate entry" in message
     assert "王五" not in message and "P-other" not in message
+
+
+def test_a_backup_made_before_rendering_2_is_checked_as_it_was_rendered(source):
+    """Backups record how their rows were rendered; one from before has no record and was
+    rendered with hex blobs and server-escaped newlines: a restore of it is checked so."""
+    old = mysql.checksums(ROOT, source, rendering=1)
+    assert old != mysql.checksums(ROOT, source)  # blobs and newlines render otherwise now
+    manifest = {"mysql": {"databases": {source: {"tables": old}}}}  # no "rendering" key
+    ctx = SimpleNamespace(settings=SimpleNamespace(mysql=ROOT))
+    assert verify_restore.mysql_mismatches(ctx, manifest, [source]) == []
+    manifest["mysql"]["databases"][source]["rendering"] = 2
+    mismatches = verify_restore.mysql_mismatches(ctx, manifest, [source])
+    tables = {m.split(" table ")[1].split(":")[0] for m in mismatches}
+    assert tables == {"patient", "legacy"}  # the tables with blobs or newlines

@@ -67,7 +67,8 @@ def _drop(settings: Settings, database: str) -> None:
 def drill_mysql(settings: Settings, tree: Tree, manifest: dict, artifact: dict) -> dict:
     source = artifact["source"]
     scratch = scratch_name(manifest["id"], source)
-    expected = manifest["mysql"]["databases"][source]["tables"]
+    recorded = manifest["mysql"]["databases"][source]
+    expected = recorded["tables"]
     try:
         mysql.restore(
             settings.mysql_restore,
@@ -76,7 +77,7 @@ def drill_mysql(settings: Settings, tree: Tree, manifest: dict, artifact: dict) 
             settings.age_identity_file,
             lambda _n: None,
         )
-        found = mysql.checksums(settings.mysql_restore, scratch)
+        found = mysql.checksums(settings.mysql_restore, scratch, recorded.get("rendering", 1))
     finally:
         _drop(settings, scratch)
     mismatches = _compare(expected, found)

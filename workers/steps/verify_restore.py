@@ -17,7 +17,7 @@ def mysql_mismatches(ctx: StepContext, manifest: dict, databases: list[str]) -> 
     problems = []
     for db in databases:
         want = recorded.get(db, {}).get("tables", {})
-        have = mysql.checksums(ctx.settings.mysql, db)
+        have = mysql.checksums(ctx.settings.mysql, db, recorded.get(db, {}).get("rendering", 1))
         for table in sorted(set(want) | set(have)):
             if want.get(table) != have.get(table):
                 problems.append(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from workers.config import MySQLSettings
 from workers.targets.mysql_common import (
+    RENDERING,
     connect,
     database_checksums,
     flavor,
@@ -60,11 +61,14 @@ def check(settings: MySQLSettings) -> dict:
         conn.close()
 
 
-def checksums(settings: MySQLSettings, database: str) -> dict[str, dict]:
-    """{table: {rows, checksum}} now, measured exactly as dump() measured its rows."""
+def checksums(
+    settings: MySQLSettings, database: str, rendering: int = RENDERING
+) -> dict[str, dict]:
+    """{table: {rows, checksum}} now, measured exactly as dump() measured the rows it
+    rendered so (a backup records its rendering; one made before that has none: 1)."""
     conn = connect(settings)
     try:
-        return database_checksums(conn, database)
+        return database_checksums(conn, database, rendering)
     finally:
         conn.close()
 
