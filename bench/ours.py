@@ -72,7 +72,7 @@ def _redis_snapshot(p: dict) -> dict:
     result = redis_target.snapshot(
         settings, engine, Path(p["out"]), p["id"], _codec(), lambda n: None
     )
-    return {"artifacts": result["artifacts"], "mode": result["mode"]}
+    return {"artifacts": result["artifacts"], "mode": result["mode"], "read": result["read"]}
 
 
 def _volume_archive(p: dict) -> dict:
@@ -127,6 +127,8 @@ def main(case: str, params: dict) -> int:
             _docker()  # a running worker's process has its client already
         if case == "backup-queued":
             _warm_producer()
+        if params.get("start_phase") is not None:  # start at this fraction of a second
+            time.sleep((params["start_phase"] - time.time()) % 1.0)
         start = time.perf_counter()
         result = call(params)
     except (ImportError, AttributeError) as exc:

@@ -156,20 +156,51 @@ def unpack(artifact: Path, dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("diskless", ["yes", "no"])
-def test_live_snapshot_loads_by_hand_into_a_scratch_server(servers, tmp_path, diskless):
-    source = servers(config=f"repl-diskless-sync {diskless}\nrepl-diskless-sync-delay 1\n")
+@pytest.mark.parametrize(
+    ("diskless", "save", "read"),
+    [
+        ("yes", "", "diskless"),  # the master's choice, as redis-cli gets it
+        ("no", "", "disk"),
+        ("yes", "3600 1", "disk"),  # it writes dump.rdb anyway: no wait for more replicas
+    ],
+)
+def test_live_snapshot_loads_by_hand_into_a_scratch_server(
+    servers, tmp_path, diskless, save, read
+):
+    source = servers(
+        config=f"repl-diskless-sync {diskless}\nrepl-diskless-sync-delay 1\nsave {save!r}\n"
+    )
     fill(source.url)
     expected = snapshot_keys(source.url)
     result = take_snapshot(RedisSettings(url=source.url, container=None), tmp_path / "out")
 
-    assert result["mode"] == "replication"
+    assert (result["mode"], result["read"]) == ("replication", read)
     assert result["keys"] == {0: 13, 3: 2, 15: 1}
     [record] = result["artifacts"]
     assert (record["kind"], record["source"]) == ("redis", "redis")
     artifact = tmp_path / "out" / record["file"]
     assert record["file"].endswith(".rdb.zst") and artifact.stat().st_mode & 0o777 == 0o600
     assert verify_rdb(read_plain(artifact))["rdb_version"] == 10
+    scratch = servers(rdb=unpack(artifact, tmp_path / "dump.rdb"))
+    assert_same(expected, snapshot_keys(scratch.url))
+
+
+def test_failed_disk_transfer_is_asked_again_diskless(servers, tmp_path):
+    """The master cannot write its RDB (its dir is gone): the same snapshot comes diskless."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    source = servers(config=f"repl-diskless-sync-delay 1\nsave '3600 1'\ndir {str(gone)!r}\n")
+    fill(source.url)
+    expected = snapshot_keys(source.url)
+    gone.rmdir()
+
+    result = take_snapshot(RedisSettings(url=source.url, container=None), tmp_path / "out")
+
+    master = target._client(source.url)
+    assert master.info("persistence")["rdb_last_bgsave_status"] == "err"  # disk was tried
+    master.config_set("save", "")  # or it refuses to shut down without its save
+    assert result["read"] == "diskless"
+    artifact = tmp_path / "out" / result["artifacts"][0]["file"]
     scratch = servers(rdb=unpack(artifact, tmp_path / "dump.rdb"))
     assert_same(expected, snapshot_keys(scratch.url))
 

@@ -3,7 +3,8 @@
 Two modes, chosen by settings.container:
 - container: BGSAVE in the container, copy the RDB out through the Docker API; restore
   stops the container, puts the RDB into its data dir, and starts it again.
-- live (no container): fetch the RDB over the replication protocol like `redis-cli --rdb`;
+- live (no container): fetch the RDB over the replication protocol like `redis-cli --rdb`
+  (from the master's disk when it writes RDB snapshots anyway, see _wants_disk);
   restore loads the RDB into a private temporary redis-server and copies every key into
   the target with DUMP/RESTORE.
 Every RDB is checked (magic, version, CRC64) while it streams, before it counts.
@@ -14,6 +15,7 @@ a message or a returned dict.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import queue
 import shlex
@@ -64,6 +66,8 @@ PIPELINE_DEPTH = 8  # chunks (of up to CHUNK bytes) read ahead of the compressio
 # An RDB's strings are LZF-compressed already: zstd -3 makes it only ~6% smaller than -1
 # (54 MB reference RDB: 25.8 vs 27.5 MB) for about three times the CPU.
 RDB_ZSTD_LEVEL = 1
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]  # called with the bytes moved since the last call
 Emit = Callable[[bytes], None]
@@ -205,15 +209,15 @@ def snapshot(
     with _errors(settings.url, "cannot read Redis's state"):
         version = client.info("server")["redis_version"]
         keys = _keyspace(client)
+        disk = not settings.container and _wants_disk(client)
     with ArtifactWriter(Path(out_dir) / f"dump_{backup_id}.rdb", codec) as writer:
         sink = _Sink(writer, progress)
-        read = None
         if settings.container:
             mode = "container"
             read = _snapshot_container(settings, client, docker, sink)
         else:
             mode = "replication"
-            _fetch_rdb(settings.url, sink)
+            read = _fetch_rdb(settings.url, sink, disk)
         try:
             summary = sink.check.finish()
         except CorruptArtifact as exc:
@@ -227,7 +231,7 @@ def snapshot(
         "rdb_checksum": summary["checksum"],
     }
     found = {"mode": mode, "redis_version": version, "keys": keys}
-    return {"artifacts": [artifact], **found, **({"read": read} if read else {})}
+    return {"artifacts": [artifact], **found, "read": read}
 
 
 def _open_socket(url: str) -> socket.socket:
@@ -259,7 +263,44 @@ def _command(sock: socket.socket, reader: io.BufferedReader, *args: str) -> byte
     return reply
 
 
-def _fetch_rdb(url: str, emit: Emit) -> None:
+def _wants_disk(client: redis.Redis) -> bool:
+    """Whether to ask for the RDB from the master's disk rather than diskless.
+
+    A diskless transfer waits repl-diskless-sync-delay seconds (5 by default) for more
+    replicas to share its fork.  A master with save rules writes dump.rdb to its disk
+    anyway (a BGSAVE, which is what the seed plan runs): not announcing `capa eof` makes it
+    do just that, at once, and send the file.  Without save rules, or with no delay, or
+    when CONFIG is denied, the master's own choice stands (diskless, as redis-cli asks)."""
+    try:
+        save = _config(client, "save")
+        diskless = _config(client, "repl-diskless-sync")
+        delay = _config(client, "repl-diskless-sync-delay")
+    except redis.ResponseError:
+        return False
+    return bool(save) and diskless == "yes" and int(delay or 0) > 0
+
+
+def _fetch_rdb(url: str, emit: Emit, disk: bool) -> str:
+    """The RDB over replication into emit; how it came: "disk" or "diskless".  A disk
+    transfer the master could not make (its BGSAVE failed: disk full, dir gone) is asked
+    for again diskless, as long as no byte of it arrived."""
+    received = 0
+
+    def counted(data: bytes) -> None:
+        nonlocal received
+        received += len(data)
+        emit(data)
+
+    try:
+        return _sync(url, counted, disk)
+    except TargetError as exc:
+        if not disk or received:
+            raise
+        log.warning("%s; asking for a diskless transfer instead", exc)
+    return _sync(url, emit, disk=False)
+
+
+def _sync(url: str, emit: Emit, disk: bool) -> str:
     """The replication handshake of `redis-cli --rdb`, then the RDB payload into emit."""
     opts = parse_url(url)
     with _errors(url, "cannot fetch the RDB over replication"):
@@ -269,18 +310,21 @@ def _fetch_rdb(url: str, emit: Emit) -> None:
             if opts.get("password"):
                 user = [opts["username"]] if opts.get("username") else []
                 _command(sock, reader, "AUTH", *user, opts["password"])
-            # capa eof: accept a diskless (socket) transfer when the server is set up so.
-            _command(sock, reader, "REPLCONF", "capa", "eof")
+            if not disk:  # capa eof: accept a diskless (socket) transfer
+                _command(sock, reader, "REPLCONF", "capa", "eof")
             # Redis >= 7: end the link after the RDB, keep no replica backlog for us.
             with suppress(redis.ResponseError):
                 _command(sock, reader, "REPLCONF", "rdb-only", "1")
             sock.sendall(b"SYNC\r\n")
-            _pipelined(lambda put: _read_payload(reader, put), emit)
+            how: list[str] = []
+            _pipelined(lambda put: how.append(_read_payload(reader, put)), emit)
+            return how[0]
         finally:
             sock.close()
 
 
-def _read_payload(reader: io.BufferedReader, emit: Emit) -> None:
+def _read_payload(reader: io.BufferedReader, emit: Emit) -> str:
+    """The payload into emit; "diskless" (EOF-marker framing) or "disk" (length-prefixed)."""
     # While the master waits (repl-diskless-sync-delay, or its BGSAVE) it sends bare "\n"
     # keepalives; the read timeout only has to outlast the gap between two of them.
     line = b"\n"
@@ -291,8 +335,9 @@ def _read_payload(reader: io.BufferedReader, emit: Emit) -> None:
     header = line[1:].rstrip(b"\r\n")
     if header.startswith(b"EOF:"):
         _read_until_marker(reader, header[4:], emit)
-    else:
-        _read_exactly(reader, int(header), emit)
+        return "diskless"
+    _read_exactly(reader, int(header), emit)
+    return "disk"
 
 
 # The master sends a diskless RDB in 16 KB pieces: each read gathers a whole CHUNK before
