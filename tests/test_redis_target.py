@@ -164,9 +164,7 @@ def unpack(artifact: Path, dest: Path) -> Path:
         ("yes", "3600 1", "disk"),  # it writes dump.rdb anyway: no wait for more replicas
     ],
 )
-def test_live_snapshot_loads_by_hand_into_a_scratch_server(
-    servers, tmp_path, diskless, save, read
-):
+def test_live_snapshot_loads_by_hand_into_a_scratch_server(servers, tmp_path, diskless, save, read):
     source = servers(
         config=f"repl-diskless-sync {diskless}\nrepl-diskless-sync-delay 1\nsave {save!r}\n"
     )
