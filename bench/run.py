@@ -201,7 +201,9 @@ class Bench:
             row.seconds = row.peak_mb = None
             row.note = f"failed (exit {rc}), see {self.log}"
         elif role == "ours" and isinstance(cmd, list) and "bench.ours" in cmd:
-            row.warm_seconds = json.loads(row.extra["stdout"].splitlines()[-1])["warm_s"]
+            result = json.loads(row.extra["stdout"].splitlines()[-1])
+            row.warm_seconds = result["warm_s"]
+            row.seconds -= result["waited_s"]
         return row
 
     def timed(self, group: str, name: str, fn, note: str = "") -> Row:
@@ -410,6 +412,7 @@ def bench_redis(b: Bench, s: Setup) -> None:
         cli = f"redis-cli -p {s.redis.port} --rdb {out}/cli.rdb"
         b.run(g, "redis-cli --rdb", cli, repeat=repeat, before=at_phase, mean=True)
         if save:
+            wait_saved(client)
 
             def bgsave() -> None:
                 client.bgsave()  # the fork is in progress once this returns
