@@ -269,8 +269,10 @@ def _wants_disk(client: redis.Redis) -> bool:
     A diskless transfer waits repl-diskless-sync-delay seconds (5 by default) for more
     replicas to share its fork.  A master with save rules writes dump.rdb to its disk
     anyway (a BGSAVE, which is what the seed plan runs): not announcing `capa eof` makes it
-    do just that, at once, and send the file.  Without save rules, or with no delay, or
-    when CONFIG is denied, the master's own choice stands (diskless, as redis-cli asks)."""
+    do just that, at once, and send the file.  Should that save fail (and the master then
+    refuse writes, with stop-writes-on-bgsave-error), its own next scheduled save would
+    have failed the same way.  Without save rules, or with no delay, or when CONFIG is
+    denied, the master's own choice stands (diskless, as redis-cli asks)."""
     try:
         save = _config(client, "save")
         diskless = _config(client, "repl-diskless-sync")
