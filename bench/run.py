@@ -428,9 +428,14 @@ def bench_redis(b: Bench, s: Setup) -> None:
             before=saved,
             mean=True,
         )
-        if row.seconds is not None:
-            read = json.loads(row.extra["stdout"].splitlines()[-1])["read"]
-            row.note = f"read: {read} {row.note}".strip()
+        note_read(row)
+
+
+def note_read(row: Row) -> None:
+    """How our snapshot read the RDB, in the row's note."""
+    if row.seconds is not None:
+        read = json.loads(row.extra["stdout"].splitlines()[-1])["read"]
+        row.note = f"read: {read}; {row.note}".strip("; ")
 
 
 def wait_saved(client) -> None:
@@ -486,13 +491,14 @@ def bench_redis_container(b: Bench, s: Setup, image: str) -> None:
             repeat=3,  # about a second each: a busy moment of the machine weighs much
         )
         wait_saved(client)
-        b.run(
+        row = b.run(
             g,
             "ours: redis.snapshot (container, zstd)",
             ours_cmd("redis-snapshot", url=url, container=name, out=str(out / "ours"), id="bench"),
             role="ours",
             repeat=3,
         )
+        note_read(row)
     finally:
         container.remove(force=True, v=True)
 

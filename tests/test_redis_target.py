@@ -355,7 +355,8 @@ def test_container_snapshot_flush_restore(redis_container, docker_client, tmp_pa
     assert target.check(settings)["aof"] is (aof == "yes")
 
     result = take_snapshot(settings, tmp_path, docker=docker_client)
-    assert result["mode"] == "container" and result["read"] == "in place"  # /data's volume
+    assert result["mode"] == "container"
+    assert result["read"].startswith("in place")  # /data's volume, while saved or after
     artifact = tmp_path / result["artifacts"][0]["file"]
     target._client(url).flushall()
     assert target.dump_keys(url) == {}
@@ -376,6 +377,46 @@ def test_container_snapshot_flush_restore(redis_container, docker_client, tmp_pa
     assert_same(expected, actual)
 
 
+def _load_elsewhere(servers, tmp_path: Path, result: dict) -> dict:
+    """The snapshot's RDB loaded into a scratch server: its keys."""
+    scratch = servers()
+    artifact = tmp_path / result["artifacts"][0]["file"]
+    target.restore(RedisSettings(url=scratch.url, container=None), None, artifact, None, print)
+    return snapshot_keys(scratch.url)
+
+
+SLOW_SAVE = ("--rdb-key-save-delay", "50000")  # 50 ms a key: the save of fill() takes ~1 s
+
+
+def test_container_rdb_is_read_while_redis_writes_it(
+    redis_container, docker_client, servers, tmp_path
+):
+    container, url = redis_container(*SLOW_SAVE)
+    fill(url)
+    expected = snapshot_keys(url)
+    settings = RedisSettings(url=url, container=container.name)
+    result = take_snapshot(settings, tmp_path, docker=docker_client)
+    assert result["read"] == "in place, while saved"
+    assert_same(expected, _load_elsewhere(servers, tmp_path, result))
+
+
+def test_container_rdb_followed_in_the_wrong_file_is_read_again_once_saved(
+    redis_container, docker_client, servers, tmp_path, monkeypatch
+):
+    """Should the file followed during the save not be the RDB it leaves (a stray temp
+    file), what was read of it is thrown away and the saved RDB is read."""
+    container, url = redis_container(*SLOW_SAVE)
+    fill(url)
+    expected = snapshot_keys(url)
+    stray = tmp_path / "stray.rdb"
+    stray.write_bytes(os.urandom(100_000))
+    monkeypatch.setattr(target, "_temp_rdb", lambda *_: open(stray, "rb", buffering=0))
+    settings = RedisSettings(url=url, container=container.name)
+    result = take_snapshot(settings, tmp_path / "out", docker=docker_client)
+    assert result["read"] == "in place"
+    assert_same(expected, _load_elsewhere(servers, tmp_path / "out", result))
+
+
 def test_container_rdb_outside_any_volume_is_copied_through_the_engine(
     redis_container, docker_client, servers, tmp_path
 ):
@@ -385,10 +426,7 @@ def test_container_rdb_outside_any_volume_is_copied_through_the_engine(
     settings = RedisSettings(url=url, container=container.name)
     result = take_snapshot(settings, tmp_path, docker=docker_client)
     assert result["read"] == "engine"
-    scratch = servers()  # what was copied, loaded elsewhere
-    artifact = tmp_path / result["artifacts"][0]["file"]
-    target.restore(RedisSettings(url=scratch.url, container=None), None, artifact, None, print)
-    assert_same(expected, snapshot_keys(scratch.url))
+    assert_same(expected, _load_elsewhere(servers, tmp_path, result))  # what was copied
 
 
 def test_container_restore_when_redis_is_down(redis_container, docker_client, tmp_path):

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -61,6 +62,8 @@ CHILDREN = ("rdb_bgsave_in_progress", "aof_rewrite_in_progress", "module_fork_in
 # A save's end is seen by polling INFO (~0.1 ms of Redis per poll), every POLL_SHARE of the
 # time waited so far: at most that share late, within POLL_MIN..POLL_MAX seconds.
 POLL_MIN, POLL_MAX, POLL_SHARE = 0.005, 0.1, 0.02
+TEMP_WAIT = 0.2  # s for a save's child to create its temp file
+CLOCK_SLACK = 0.05  # s: a file's mtime may lag the clock by a tick
 BATCH = 500  # keys per DUMP/RESTORE pipeline round trip
 PIPELINE_DEPTH = 8  # chunks (of up to CHUNK bytes) read ahead of the compression
 # An RDB's strings are LZF-compressed already: zstd -3 makes it only ~6% smaller than -1
@@ -150,6 +153,10 @@ class _Sink:
         self._writer.write(data)
         self._progress(len(data))
 
+    def take_back(self) -> None:
+        """What was stored is thrown away (to be read again): the progress forgets it."""
+        self._progress(-self.check.size)
+
 
 class _Stopped(Exception):
     """Raised in the reading thread when the consumer gave up."""
@@ -210,19 +217,13 @@ def snapshot(
         version = client.info("server")["redis_version"]
         keys = _keyspace(client)
         disk = not settings.container and _wants_disk(client)
-    with ArtifactWriter(Path(out_dir) / f"dump_{backup_id}.rdb", codec) as writer:
-        sink = _Sink(writer, progress)
-        if settings.container:
-            mode = "container"
-            read = _snapshot_container(settings, client, docker, sink)
-        else:
-            mode = "replication"
-            read = _fetch_rdb(settings.url, sink, disk)
-        try:
-            summary = sink.check.finish()
-        except CorruptArtifact as exc:
-            raise TargetError("redis", f"the RDB received is damaged: {exc}") from None
-        record = writer.commit()
+    capture = partial(_capture, Path(out_dir) / f"dump_{backup_id}.rdb", codec, progress)
+    if settings.container:
+        mode = "container"
+        read, record, summary = _snapshot_container(settings, client, docker, capture)
+    else:
+        mode = "replication"
+        read, record, summary = capture(lambda sink: _fetch_rdb(settings.url, sink, disk))
     artifact = {
         **record,
         "kind": "redis",
@@ -232,6 +233,28 @@ def snapshot(
     }
     found = {"mode": mode, "redis_version": version, "keys": keys}
     return {"artifacts": [artifact], **found, "read": read}
+
+
+Capture = Callable[[Callable[[Emit], str]], tuple[str, dict, dict]]
+
+
+def _capture(
+    path: Path, codec: Codec, progress: Progress, produce: Callable[[Emit], str]
+) -> tuple[str, dict, dict]:
+    """produce(sink) streams an RDB into a new artifact at path (and returns how it read
+    it); (how, the artifact's record, the RDB's summary) once it is checked and committed."""
+    with ArtifactWriter(path, codec) as writer:
+        sink = _Sink(writer, progress)
+        try:
+            read = produce(sink)
+        except _Moved:
+            sink.take_back()
+            raise
+        try:
+            summary = sink.check.finish()
+        except CorruptArtifact as exc:
+            raise TargetError("redis", f"the RDB received is damaged: {exc}") from None
+        return read, writer.commit(), summary
 
 
 def _open_socket(url: str) -> socket.socket:
@@ -371,27 +394,105 @@ def _read_until_marker(reader: io.BufferedReader, marker: bytes, emit: Emit) -> 
     emit(bytes(window[: -len(marker)]))
 
 
-def _snapshot_container(settings: RedisSettings, client: redis.Redis, docker, emit: Emit) -> str:
+def _snapshot_container(
+    settings: RedisSettings, client: redis.Redis, docker, capture: Capture
+) -> tuple[str, dict, dict]:
     """BGSAVE, then the RDB read in place (on a local volume this worker can read: no copy
-    through the engine) or copied out of the container; how it was read."""
+    through the engine), while Redis writes it where possible, or copied out of the
+    container; (how it was read, the artifact's record, the RDB's summary)."""
     container = _container(settings, docker)
     with _errors(settings.url, "BGSAVE failed"):
         path = PurePosixPath(_config(client, "dir")) / _config(client, "dbfilename")
-        _bgsave(client)
     source = volume_direct.mount_source(container.attrs, str(path))
+    deadline = time.monotonic() + SAVE_TIMEOUT
+    with _errors(settings.url, "BGSAVE failed"):
+        begun = time.time()
+        _start_bgsave(client, deadline)
+        temp = _temp_rdb(client, source[0] / source[1], begun) if source else None
+    if temp is not None:
+        try:
+            with temp, _errors(settings.url, "reading the RDB while Redis saved it failed"):
+                return capture(lambda sink: _follow_save(client, temp, *source, sink))
+        except _Moved:
+            pass  # the save is over: the RDB it left is read below
+    else:
+        with _errors(settings.url, "BGSAVE failed"):
+            _saved(_wait_idle(client, deadline, ("rdb_bgsave_in_progress",)))
     try:
         rdb = volume_direct.open_below(*source) if source else None
     except OSError:
         rdb = None  # moved or not readable here after all: through the engine
     if rdb is None:
-        _copy_out(container, path, emit)
-        return "engine"
+        return capture(lambda sink: _copy_out(container, path, sink))
     with rdb:
         try:
-            _pipelined(lambda put: _read_all(rdb, put), emit)
+            return capture(lambda sink: _read_saved(rdb, sink))
         except OSError as exc:
             raise TargetError("redis", f"reading {path} in place failed: {exc}") from None
+
+
+def _read_saved(rdb: BinaryIO, emit: Emit) -> str:
+    _pipelined(lambda put: _read_all(rdb, put), emit)
     return "in place"
+
+
+class _Moved(Exception):
+    """The file followed while Redis saved is not the RDB the save left."""
+
+
+def _temp_rdb(client: redis.Redis, rdb: Path, begun: float) -> BinaryIO | None:
+    """The file our BGSAVE's child is writing (Redis names it temp-PID.rdb in the RDB's
+    directory and renames it over the RDB at the end), opened; None when the save is over
+    already, or there is not exactly one such file written since `begun` within TEMP_WAIT
+    seconds."""
+    deadline = time.monotonic() + TEMP_WAIT
+    while client.info("persistence").get("rdb_bgsave_in_progress"):
+        with suppress(OSError):
+            fresh = [
+                entry
+                for entry in os.scandir(rdb.parent)
+                if entry.name.startswith("temp-")
+                and entry.name.endswith(".rdb")
+                and entry.is_file(follow_symlinks=False)
+                and entry.stat(follow_symlinks=False).st_mtime >= begun - CLOCK_SLACK
+            ]
+            if len(fresh) == 1:
+                return volume_direct.open_below(rdb.parent, fresh[0].name)
+            if len(fresh) > 1:
+                return None
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(POLL_MIN)
+    return None
+
+
+def _follow_save(client: redis.Redis, temp: BinaryIO, root: Path, relative: str, emit: Emit) -> str:
+    """The RDB read while Redis writes it: compressing overlaps the save.  At its end the
+    file followed must be the RDB it left (same inode), or _Moved is raised."""
+
+    def follow(put: Emit) -> None:
+        start = time.monotonic()
+        deadline = start + SAVE_TIMEOUT
+        while True:
+            if chunk := temp.read(CHUNK):
+                put(chunk)
+                continue
+            info = client.info("persistence")
+            if not info.get("rdb_bgsave_in_progress"):
+                _saved(info)
+                break
+            now = time.monotonic()
+            if now > deadline:
+                raise TargetError("redis", f"BGSAVE did not finish within {SAVE_TIMEOUT} s")
+            time.sleep(min(POLL_MAX, max(POLL_MIN, (now - start) * POLL_SHARE)))
+        while chunk := temp.read(CHUNK):  # written before the save's end was seen
+            put(chunk)
+        with volume_direct.open_below(root, relative) as saved:
+            if not os.path.sameopenfile(saved.fileno(), temp.fileno()):
+                raise _Moved
+
+    _pipelined(follow, emit)
+    return "in place, while saved"
 
 
 def _read_all(src: BinaryIO, put: Emit) -> None:
@@ -411,26 +512,33 @@ def _container(settings: RedisSettings, docker):
 def _bgsave(client: redis.Redis) -> None:
     """BGSAVE (after any save already running) and wait until it wrote the RDB.
 
-    The BGSAVE reply says whether our fork started; then its end is the end of the
-    running save in INFO, polled every few ms (LASTSAVE counts whole seconds: waiting for
-    it to tick cost up to a second per snapshot)."""
-    client.set_response_callback("BGSAVE", lambda reply, **_: _text(reply))
+    Its end is the end of the running save in INFO, polled every few ms (LASTSAVE counts
+    whole seconds: waiting for it to tick cost up to a second per snapshot)."""
     deadline = time.monotonic() + SAVE_TIMEOUT
+    _start_bgsave(client, deadline)
+    _saved(_wait_idle(client, deadline, ("rdb_bgsave_in_progress",)))
+
+
+def _start_bgsave(client: redis.Redis, deadline: float) -> None:
+    """BGSAVE, after any save or rewrite already running: returns once our fork runs."""
+    client.set_response_callback("BGSAVE", lambda reply, **_: _text(reply))
     while True:
         try:
-            started = "started" in client.bgsave(schedule=True)
+            if "started" in client.bgsave(schedule=True):
+                return
         except redis.ResponseError as exc:
             if "already in progress" not in str(exc):
                 raise
             # Another save (maybe a replica's, to a socket) began before us: ours after it.
-            started = False
         # Not started (scheduled after an AOF rewrite, or refused): ask again once no child
         # runs; a scheduled save that began meanwhile refuses ours until it ends.
-        info = _wait_idle(client, deadline, ("rdb_bgsave_in_progress",) if started else CHILDREN)
-        if started:
-            if info["rdb_last_bgsave_status"] != "ok":
-                raise TargetError("redis", "BGSAVE failed: see the Redis log (disk full?)")
-            return
+        _wait_idle(client, deadline, CHILDREN)
+
+
+def _saved(info: dict) -> None:
+    """Raise unless the last save (seen ended in `info`, INFO persistence) succeeded."""
+    if info["rdb_last_bgsave_status"] != "ok":
+        raise TargetError("redis", "BGSAVE failed: see the Redis log (disk full?)")
 
 
 def _wait_idle(client: redis.Redis, deadline: float, running: tuple[str, ...]) -> dict:
@@ -456,8 +564,8 @@ def _tar_reader(container, path: PurePosixPath) -> tarfile.TarFile:
     return tarfile.open(fileobj=raw, mode="r|", bufsize=CHUNK)  # the default reads 10 KB
 
 
-def _copy_out(container, path: PurePosixPath, emit: Emit) -> None:
-    """Stream the single file member of get_archive(path) into emit."""
+def _copy_out(container, path: PurePosixPath, emit: Emit) -> str:
+    """Stream the single file member of get_archive(path) into emit; "engine"."""
 
     def read(put: Emit) -> None:
         with _tar_reader(container, path) as tar:
@@ -470,6 +578,7 @@ def _copy_out(container, path: PurePosixPath, emit: Emit) -> None:
         _pipelined(read, emit)
     except (tarfile.TarError, urllib3.exceptions.HTTPError, OSError) as exc:
         raise TargetError("redis", f"copying {path} out of the container failed: {exc}") from None
+    return "engine"
 
 
 # --- restore -----------------------------------------------------------------------------
