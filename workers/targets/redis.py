@@ -1,8 +1,10 @@
 """Redis target: check, snapshot (RDB), restore, and a key dump for tests and drills.
 
 Two modes, chosen by settings.container:
-- container: BGSAVE in the container, copy the RDB out through the Docker API; restore
-  stops the container, puts the RDB into its data dir, and starts it again.
+- container: BGSAVE in the container; the RDB is read in place when it lies on a volume
+  this worker can read (while Redis writes it, see _follow_save), else copied out through
+  the Docker API; restore stops the container, puts the RDB into its data dir, and starts
+  it again.
 - live (no container): fetch the RDB over the replication protocol like `redis-cli --rdb`
   (from the master's disk when it writes RDB snapshots anyway, see _wants_disk);
   restore loads the RDB into a private temporary redis-server and copies every key into
