@@ -40,6 +40,9 @@ class Codec:
     compression: str = "zstd"
     zstd_level: int = DEFAULT_ZSTD_LEVEL
     recipients: tuple[str, ...] = ()
+    # -1: a compressing thread per core; 0: in the writer's thread, for a stream that
+    # arrives slower than one core compresses it (the other cores stay with its source).
+    zstd_threads: int = -1
 
     @property
     def encrypted(self) -> bool:
@@ -226,7 +229,9 @@ class ArtifactWriter:
         below = self._encryptor or self._disk
         if codec.compression == "zstd":
             # A checksum per frame lets a frame copied into a later artifact prove itself.
-            cctx = zstandard.ZstdCompressor(level=codec.zstd_level, threads=-1, write_checksum=True)
+            cctx = zstandard.ZstdCompressor(
+                level=codec.zstd_level, threads=codec.zstd_threads, write_checksum=True
+            )
             self._top = cctx.stream_writer(below, closefd=False)
         elif codec.compression == "gzip":
             self._top = gzip.GzipFile(fileobj=below, mode="wb", compresslevel=6, mtime=0)
