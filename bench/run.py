@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -375,7 +376,7 @@ def _check_restore(row: Row, s: Setup, into: str, expected: dict[str, int]) -> N
 
 # The save rules of the product's Redis (docker-compose.yml sets none: Redis 7's defaults).
 PRODUCT_SAVE = "3600 1 300 100 60 10000"
-PHASES = 4
+PHASES = 8
 
 
 def bench_redis(b: Bench, s: Setup) -> None:
@@ -392,7 +393,11 @@ def bench_redis(b: Bench, s: Setup) -> None:
     # wait depends on the fraction of the second it connects at, and a run started right
     # after the last is locked to its phase.  So each contender makes PHASES runs whose
     # timed part starts at fractions spread evenly over the second (redis-cli's process,
-    # our call after its imports), and its row is their mean.
+    # our call after its imports), and its row is their mean.  The grid is shifted by a
+    # random fraction of a step: on a fixed grid, where the wait's jump falls between
+    # the points (it moves with how long a contender takes to connect) biased the mean by
+    # up to half a step, for or against either contender.
+    shift = random.random() / PHASES
     for g, save, repeat in (("redis", PRODUCT_SAVE, 1), ("redis, no save", "", PHASES)):
         client.config_set("save", save)
 
@@ -402,10 +407,10 @@ def bench_redis(b: Bench, s: Setup) -> None:
         def at_phase(i: int, repeat: int = repeat) -> None:
             saved(i)
             if repeat > 1:
-                time.sleep((i / repeat - time.time()) % 1.0)
+                time.sleep((i / repeat + shift - time.time()) % 1.0)
 
         def ours(i: int, repeat: int = repeat) -> list[str]:
-            phase = i / repeat if repeat > 1 else None
+            phase = i / repeat + shift if repeat > 1 else None
             dest = str(fresh(out / "ours"))
             return ours_cmd("redis-snapshot", url=s.redis.url, out=dest, id="b", start_phase=phase)
 

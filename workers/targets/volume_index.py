@@ -195,8 +195,7 @@ class IndexSpool:
         self.add({"format": FORMAT, "listed_at": started})
 
     def add(self, record: list | dict) -> None:
-        self._z.write(jsonlines.dumps(record))
-        self._z.write(b"\n")
+        self._z.write(jsonlines.dumps(record) + b"\n")
 
     def frames(self, offset: int) -> Iterator[bytes]:
         """The index as a skippable frame starting at `offset`, then the trailer frame."""
