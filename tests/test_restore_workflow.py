@@ -121,6 +121,26 @@ def test_partial_restore_leaves_the_rest_untouched(stack, worker_factory, mysql_
     assert st.snapshot()["tables"]["audit"]["rows"] == 0
 
 
+def test_the_backup_restored_outlives_the_prune_of_its_safety_backup(
+    stack, worker_factory, mysql_conn
+):
+    """The restore's safety backup prunes as every backup does; with the newest kept only,
+    that would delete the backup being restored, between its preflight and its restore."""
+    st, env = stack
+    keep = {f"XIEHE_KEEP_{k}": "0" for k in ("DAILY", "WEEKLY", "MONTHLY")}
+    env = {**env, **keep, "XIEHE_KEEP_LAST": "1"}
+    worker_factory(env)
+    before = st.snapshot()
+    backup_id = _backup(env)
+    with mysql_conn.cursor() as cur:
+        cur.execute(f"DELETE FROM `{st.db}`.studies")
+    proc = cli(env, "restore", backup_id, "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert_same(before, st.snapshot())
+    listed = {r["id"] for r in json.loads(cli(env, "list", "--json").stdout)}
+    assert backup_id in listed  # kept while in use; the next prune takes it
+
+
 def test_corrupt_backup_is_refused_before_anything_stops(stack, backend, worker_factory):
     st, env = stack
     env = {**env, "XIEHE_STOP_CONTAINERS": backend.name}

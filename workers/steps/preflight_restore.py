@@ -56,7 +56,7 @@ def preflight_restore(run: dict, ctx: StepContext) -> dict:
     kinds = kinds_of(artifacts)
     targets = _check_targets(ctx, kinds, artifacts)
     volumes = [a["source"] for a in artifacts if a["kind"] == "volume"]
-    run["locks"] = lock_targets(ctx, run, kinds, volumes)
+    run["locks"] = lock_targets(ctx, run, kinds, volumes, reading=backup_id)
     return {
         "artifacts_to_restore": artifacts,
         "kinds": kinds,

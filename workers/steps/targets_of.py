@@ -6,6 +6,7 @@ from urllib.parse import urlparse
 
 from workers.config import Settings
 from workers.context import StepContext
+from workers.ops import inuse
 from workers.store import locks
 
 
@@ -33,12 +34,17 @@ def lock_names(settings: Settings, kinds: list[str], volumes: list[str]) -> list
     return names
 
 
-def lock_targets(ctx: StepContext, run: dict, kinds: list[str], volumes: list[str]) -> dict:
-    """Take the lock of every target the run touches, as the run; {target: token}."""
+def lock_targets(
+    ctx: StepContext, run: dict, kinds: list[str], volumes: list[str], reading: str = ""
+) -> dict:
+    """Take the lock of every target the run touches, as the run; {target: token}.
+    `reading`: a backup the run reads from, held too, so that no prune deletes it meanwhile
+    (the restore's own safety backup prunes, and the backup restored may be the oldest)."""
     settings = ctx.settings
+    held = [inuse.target(reading)] if reading else []
     return locks.acquire(
         ctx.broker,
-        lock_names(settings, kinds, volumes),
+        lock_names(settings, kinds, volumes) + held,
         run["id"],
         settings.lock_ttl,
         wait=float(settings.lock_wait),
