@@ -54,9 +54,16 @@ def test_sftp_copy_then_disaster_recovery_from_it(
     for artifact in manifest["artifacts"]:
         assert parts.stored_sha256(sftp_server.root / artifact["path"]) == artifact["sha256"]
     [volume] = [a for a in manifest["artifacts"] if a["kind"] == "volume"]
-    assert parts.check(sftp_server.root / volume["path"], trust_linked=False)["parts"] > 1
+    volume_parts = parts.read_list(sftp_server.root / volume["path"])
+    assert len(volume_parts) > 1
+    for part in volume_parts:  # in the remote's pool, named by content
+        pooled = sftp_server.root / catalog.pool_path(part.sha256)
+        assert hashlib.sha256(pooled.read_bytes()).hexdigest() == part.sha256
     remote_manifest = json.loads((sftp_server.root / f"manifest_{backup_id}.json").read_text())
-    assert set(remote_manifest["md5"]) == set(catalog.files_of(manifest)[:-1])
+    whole = {a["path"] for a in manifest["artifacts"] if a is not volume}
+    listed_files = {catalog.list_path(volume), f"backup_info_{backup_id}.txt"}
+    pooled = {catalog.pool_path(part.sha256) for part in volume_parts}
+    assert set(remote_manifest["md5"]) == whole | listed_files | pooled
     listed = json.loads(cli(env, "list", "--remote", "dr", "--json").stdout)
     assert [r["id"] for r in listed] == [backup_id]
     proc = cli(env, "verify", "--remote", "dr", backup_id)
@@ -85,7 +92,7 @@ def test_sftp_copy_then_disaster_recovery_from_it(
         (Path(env["XIEHE_BACKUP_DIR"]) / ".runs" / f"{last_line(proc)}.json").read_text()
     )
     assert run["plan"][:2] == ["fetch", "preflight"]
-    assert run["steps"]["fetch"]["result"]["files"] == len(catalog.files_of(manifest)) - 1
+    assert run["steps"]["fetch"]["result"]["files"] == len(remote_manifest["md5"])
     assert _local_manifest(env, backup_id)["fetched_from"]["remote"] == "dr"
 
 
@@ -94,14 +101,8 @@ def test_connection_cut_mid_upload_keeps_local_and_next_run_completes(
 ):
     st, env = stack
     # Slow enough to cut: 2 MB of noise in the volume, sent at 256 kB/s.
-    noise = docker_client.containers.create(
-        helper_image,
-        "sh -c 'head -c 2000000 /dev/urandom > /v/noise.dcm'",
-        volumes={st.volume_names[0]: {"bind": "/v", "mode": "rw"}},
-    )
-    noise.start()
-    noise.wait()
-    noise.remove()
+    noise = "head -c 2000000 /dev/urandom > /v/noise.dcm"
+    _in_volume(docker_client, helper_image, st.volume_names[0], noise)
     hook = Receiver()
     env = {
         **env,
@@ -113,9 +114,9 @@ def test_connection_cut_mid_upload_keeps_local_and_next_run_completes(
     }
     worker_factory(env)
     backup_id = last_line(cli(env, "backup", "--detach"))
-    volume_dir = sftp_server.root / "volumes"
+    pool = sftp_server.root / catalog.POOL
     deadline = time.monotonic() + 120
-    while not any(p.stat().st_size > 200_000 for p in volume_dir.rglob("*.zst")):
+    while not any(p.stat().st_size > 200_000 for p in pool.glob("*.zst")):
         assert time.monotonic() < deadline, "the upload never started"
         time.sleep(0.1)
     sftp_server.kill()  # the connection is cut, and the server stays away
@@ -146,6 +147,108 @@ def test_connection_cut_mid_upload_keeps_local_and_next_run_completes(
         assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(hook.bodies) == 1
     hook.server.shutdown()
+
+
+def _in_volume(docker_client, helper_image, volume: str, script: str) -> None:
+    """Run a shell script with the volume at /v."""
+    box = docker_client.containers.create(
+        helper_image, ["sh", "-c", script], volumes={volume: {"bind": "/v", "mode": "rw"}}
+    )
+    box.start()
+    box.wait()
+    box.remove()
+
+
+def _sent(env, backup_id: str, remote: str) -> dict:
+    """What the backup's replicate step sent of it to the remote."""
+    run = json.loads((Path(env["XIEHE_BACKUP_DIR"]) / ".runs" / f"{backup_id}.json").read_text())
+    copies = run["steps"]["replicate"]["result"]["remotes"][remote]["sent"]
+    return next(c for c in copies if c["id"] == backup_id)
+
+
+def _remote_manifest(env, remote: str, backup_id: str) -> dict:
+    from workers.offsite import settings as offsite_settings
+    from workers.offsite.rclone import Rclone
+
+    offsite = offsite_settings.load(env)
+    [where] = [r for r in offsite.remotes if r.name == remote]
+    return catalog.manifest(Rclone(where, offsite), backup_id)
+
+
+def _pooled(manifest: dict) -> set[str]:
+    return {rel for rel in manifest["md5"] if catalog.is_pooled(rel)}
+
+
+def test_unchanged_parts_go_off_site_once_and_outlive_the_backup_that_sent_them(
+    stack, sftp_server, s3_server, worker_factory, docker_client, helper_image, mysql_conn
+):
+    st, env = stack
+    only_newest = {f"XIEHE_KEEP_{k}": "0" for k in ("DAILY", "WEEKLY", "MONTHLY")}
+    worm = f"{s3_server.url('xiehe-worm', 'prod')}&prune=off"  # expires copies by age itself
+    env = {
+        **env,
+        **FAST_RETRY,
+        **only_newest,
+        "XIEHE_KEEP_LAST": "1",
+        "XIEHE_OFFSITE": f"dr={sftp_server.url()},worm={worm}",
+        "XIEHE_OFFSITE_WORM_ACCESS_KEY_ID": S3Server.ACCESS_KEY,
+        "XIEHE_OFFSITE_WORM_SECRET_ACCESS_KEY": S3Server.SECRET_KEY,
+    }
+    worker_factory(env)
+    volume = st.volume_names[0]
+    scans = "for i in 1 2 3 4 5 6; do head -c 300000 /dev/urandom > /v/scan$i.dcm; done"
+    _in_volume(docker_client, helper_image, volume, scans)
+    first = _backup(env)
+    first_pool = _pooled(_remote_manifest(env, "dr", first))
+    _in_volume(docker_client, helper_image, volume, "head -c 200000 /dev/urandom > /v/new.dcm")
+    before = st.snapshot()
+    second = _backup(env)
+
+    # Parts the first copy sent were neither read nor sent again: what was reused is
+    # exactly the second backup's parts already in the pool, the six scans among them.
+    manifest, dr = _local_manifest(env, second), _remote_manifest(env, "dr", second)
+    assert set(manifest["pooled_md5"]) == _pooled(dr)  # kept for the next copy
+    sizes = {
+        catalog.pool_path(p.sha256): p.size
+        for a in manifest["artifacts"]
+        if "parts" in a
+        for p in parts.read_list(Path(env["XIEHE_BACKUP_DIR"]) / a["path"])
+    }
+    shared = _pooled(dr) & first_pool
+    sent = _sent(env, second, "dr")
+    assert sent["reused_bytes"] == sum(sizes[rel] for rel in shared) >= 6 * 300_000
+    assert sent["sent_bytes"] + sent["reused_bytes"] == sum(
+        (sftp_server.root / rel).stat().st_size for rel in dr["md5"]
+    )
+
+    # Remote retention (the newest only) took the first copy and the parts only it named:
+    # the pool holds the second's parts, each once.
+    assert not (sftp_server.root / catalog.manifest_name(first)).exists()
+    pool = {f"{catalog.POOL}/{p.name}" for p in (sftp_server.root / catalog.POOL).iterdir()}
+    assert pool == _pooled(dr) and first_pool - pool
+
+    # A remote we do not prune holds each copy whole, its parts beside its list: the
+    # lifecycle rule that expires the first copy cannot take a part the second one needs.
+    worm = _remote_manifest(env, "worm", second)
+    assert not _pooled(worm) and manifest["offsite"]["worm"]["status"] == "replicated"
+    worm_parts = [rel for rel in worm["md5"] if rel.endswith(".zst")]
+    assert len([rel for rel in worm_parts if rel.startswith("volumes/")]) > 6
+    proc = cli(env, "verify", "--remote", "worm", second)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    # The host is lost; the second backup comes back whole from each remote.
+    docker_client.volumes.get(volume).remove(force=True)
+    shutil.rmtree(env["XIEHE_BACKUP_DIR"])
+    proc = cli(env, "restore", second, "--from", "worm", "--only", "volumes", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert_same(before, st.snapshot())
+    shutil.rmtree(env["XIEHE_BACKUP_DIR"])
+    with mysql_conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE `{st.db}`")
+    docker_client.volumes.get(volume).remove(force=True)
+    proc = cli(env, "restore", second, "--from", "dr", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert_same(before, st.snapshot())
 
 
 def test_s3_copies_follow_retention_and_restore_alone(stack, s3_server, worker_factory, tmp_path):
@@ -233,6 +336,23 @@ def test_a_hostile_or_damaged_remote_copy_replaces_nothing(sftp_server, tmp_path
     assert (tree.root / artifact["path"]).read_bytes() == good
     assert not tree.manifest("20260101_000000").exists()
 
+    # A parted artifact whose pooled part holds other bytes than its list says.
+    part_sha = hashlib.sha256(b"the part").hexdigest()
+    listed = b"# header\n" + _parts_line(part_sha)
+    hostile = _parted(manifest, listed, {catalog.pool_path(part_sha): ""})
+    _plant(sftp_server, f"{hostile['artifacts'][0]['path']}/{parts.LIST_NAME}", listed)
+    _plant(sftp_server, next(iter(hostile["md5"])), b"other bytes")
+    _plant(sftp_server, "manifest_20260101_000000.json", json.dumps(hostile).encode())
+    with pytest.raises(BackupError, match="damaged; nothing local was replaced"):
+        fetch(tree, _transport(sftp_server), "20260101_000000")
+    # A list naming its part by a path instead of a sha256.
+    listed = b"# header\n" + _parts_line("../../escaped")
+    hostile = _parted(manifest, listed, {})
+    _plant(sftp_server, f"{hostile['artifacts'][0]['path']}/{parts.LIST_NAME}", listed)
+    _plant(sftp_server, "manifest_20260101_000000.json", json.dumps(hostile).encode())
+    with pytest.raises(BackupError, match="not a sha256"):
+        fetch(tree, _transport(sftp_server), "20260101_000000")
+
     escape = tmp_path / "escaped"
     for path in ("../../escaped", str(escape), "redis/../../escaped"):
         hostile = {**manifest, "artifacts": [{**artifact, "path": path}]}
@@ -241,6 +361,25 @@ def test_a_hostile_or_damaged_remote_copy_replaces_nothing(sftp_server, tmp_path
             fetch(tree, _transport(sftp_server), "20260101_000000")
         assert not escape.exists()
     assert not tree.manifest("20260101_000000").exists()
+
+
+def _parts_line(sha256: str) -> bytes:
+    return f"00000000.zst\t11\t{sha256}\t512\t{'0' * 64}\t1\n".encode()
+
+
+def _parted(manifest: dict, listed: bytes, pooled: dict[str, str]) -> dict:
+    """The manifest with one parted volume artifact (list `listed`) naming `pooled`."""
+    path = "volumes/uploads_20260101_000000.tar.zst.parts"
+    artifact = {
+        "path": path,
+        "kind": "volume",
+        "source": "uploads",
+        "parts": 1,
+        "sha256": hashlib.sha256(listed).hexdigest(),
+        "size_bytes": 11 + len(listed),
+    }
+    md5 = {**pooled, f"{path}/{parts.LIST_NAME}": "", "backup_info_20260101_000000.txt": ""}
+    return {**manifest, "artifacts": [artifact], "md5": md5}
 
 
 def _plant_backup(server: SftpServer, backup_id: str, status: str) -> list[str]:

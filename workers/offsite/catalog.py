@@ -1,9 +1,21 @@
 """What a remote holds.  As in the local tree, a backup exists there once its manifest
-does: the manifest is uploaded last, so a copy cut short is never taken for a backup."""
+does: the manifest is uploaded last, so a copy cut short is never taken for a backup.
+
+    manifest_ID.json  backup_info_ID.txt  mysql/...  redis/...
+    volumes/uploads_ID.tar.zst.parts/PARTS   a parted artifact's list, pinned by the manifest
+    pool/<sha256>.zst                        the parts of every parted artifact, by content
+
+A part holds the same bytes in every backup that links it (unchanged files), so the remote
+keeps one copy, sent once: a night's copy sends its new parts, not the whole volume again.
+A backup's files there are the keys of its manifest's `md5` map, written before the
+manifest is sent.  A remote we do not prune (write-once: it expires copies by age itself)
+keeps each copy's parts under the artifact's directory, as every copy made before the
+pool did, and their maps say so."""
 
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -54,18 +66,42 @@ def manifest(rclone: Rclone, backup_id: str) -> dict:
         ) from None
 
 
+POOL = "pool"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def pool_path(sha256: str) -> str:
+    """Where the remote keeps a part whose stored bytes have this sha256."""
+    if not _SHA256.match(sha256):  # a list from a remote is not trusted with a path
+        raise OffsiteError(f"a parts list names a part by {sha256[:80]!r}, not a sha256")
+    return f"{POOL}/{sha256}.zst"
+
+
+def is_pooled(rel: str) -> bool:
+    return rel.startswith(f"{POOL}/")
+
+
+def list_path(artifact: dict) -> str:
+    """A parted artifact's list, under the artifact's directory."""
+    return f"{artifact['path']}/{parts.LIST_NAME}"
+
+
 def _artifact_files(artifact: dict) -> list[str]:
-    """A file, or a parted artifact's list and parts (each sent as a file of its own)."""
+    """A file, or a parted artifact's list and parts as copies kept them before the pool."""
     if "parts" not in artifact:
         return [artifact["path"]]
-    names = [parts.LIST_NAME, *map(parts.part_name, range(artifact["parts"]))]
-    return [f"{artifact['path']}/{name}" for name in names]
+    names = map(parts.part_name, range(artifact["parts"]))
+    return [list_path(artifact), *(f"{artifact['path']}/{name}" for name in names)]
 
 
 def files_of(manifest: dict) -> list[str]:
-    """Every file of a backup on a remote, manifest last."""
-    rels = [rel for a in manifest["artifacts"] for rel in _artifact_files(a)]
-    return [*rels, f"backup_info_{manifest['id']}.txt", manifest_name(manifest["id"])]
+    """Every file of a backup on a remote, manifest last: those its md5 map names (every
+    copy's manifest has one), else those it had before the pool."""
+    rels = list(manifest.get("md5") or {})
+    if not rels:
+        rels = [rel for a in manifest["artifacts"] for rel in _artifact_files(a)]
+        rels.append(f"backup_info_{manifest['id']}.txt")
+    return [*rels, manifest_name(manifest["id"])]
 
 
 def transfer_units(rels: list[str]) -> dict[str, list[str]]:

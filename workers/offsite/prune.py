@@ -3,7 +3,9 @@ remote itself lists, so a remote that missed some runs keeps what it has.  The n
 verified remote copy is never deleted.  As locally, the manifest goes first: a backup cut
 short in deletion is never taken for a complete one; its leftover files (and those of an
 upload abandoned for good) are removed by the next prune, unless the backup is still one
-this host may send (`sendable`: a copy cut short is completed, not deleted)."""
+this host may send (`sendable`: a copy cut short is completed, not deleted).  A part in
+the pool goes once no backup left on the remote names it (a copy cut short sends again
+those of its parts pruned meanwhile)."""
 
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ from workers.policy.retention import Policy, decide, is_good
 _OWNER = re.compile(r"_(\d{8}_\d{6})\.")  # the backup id a file of the tree carries
 
 
-def _orphans(rclone: Rclone, complete: set[str], sendable: set[str]) -> list[str]:
+def _orphans(listing: dict, complete: set[str], sendable: set[str]) -> list[str]:
     """Files of backups without a manifest on the remote that will not be completed."""
     out = []
-    for rel in rclone.listing():
+    for rel in listing:
         owner = _OWNER.search(rel.rsplit("/", 1)[-1])
         if owner and owner.group(1) not in complete | sendable:
             out.append(rel)
@@ -44,16 +46,20 @@ def prune_remote(
         if d["id"] == newest and not d["keep"]:
             d.update(keep=True, rules=["newest verified remote copy"])
     doomed = [d["id"] for d in decisions if not d["keep"]]
-    orphans = _orphans(rclone, set(found), set(sendable))
+    listing = rclone.listing()
+    orphans = _orphans(listing, set(found), set(sendable))
+    kept = {rel for i, m in found.items() if i not in doomed for rel in catalog.files_of(m)}
+    unshared = sorted(r for r in listing if catalog.is_pooled(r) and r not in kept)
     if not dry_run:
         for backup_id in doomed:
             files = catalog.files_of(found[backup_id])
             rclone.delete([files[-1]])  # the manifest: from here on it is not a backup
-            rclone.delete(files[:-1])
-        rclone.delete(orphans)
+            rclone.delete([rel for rel in files[:-1] if not catalog.is_pooled(rel)])
+        rclone.delete(orphans + unshared)
     return {
         "dry_run": dry_run,
         "decisions": decisions,
         "deleted": [] if dry_run else doomed,
         "orphans": orphans,
+        "unshared_parts": len(unshared),
     }

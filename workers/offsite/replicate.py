@@ -4,7 +4,9 @@ Each file's MD5 (the checksum SFTP's md5sum and S3's ETag both give) is computed
 compared with the one the remote reports after the upload; the MD5s travel in the
 uploaded manifest, so a remote copy can be checked later from a host that has nothing
 else.  Files the remote already holds with the same checksum are not sent again: a copy
-cut short is completed by the next run.  Encrypted artifacts are sent as they are.
+cut short is completed by the next run, and the parts of parted artifacts go to the
+remote's pool (see catalog), where those an earlier copy sent are found by name.
+Encrypted artifacts are sent as they are.
 
 A failure never touches the local backup: it is marked `local-only` for that remote, an
 alert goes out, and the next run tries again (`pending` lists what is still to send).
@@ -13,8 +15,13 @@ alert goes out, and the next run tries again (`pending` lists what is still to s
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import redis
 
@@ -29,6 +36,7 @@ from workers.offsite.settings import OffsiteSettings, Remote
 from workers.ops import alerts
 from workers.ops.retention import summary
 from workers.policy.retention import Policy, decide
+from workers.store import atomic, parts
 from workers.store import manifest as manifests
 from workers.store.codec import CHUNK
 from workers.store.layout import Tree
@@ -49,20 +57,57 @@ def checksums(path) -> tuple[int, str, str]:
     return size, md5.hexdigest(), sha.hexdigest()
 
 
-def _local_files(tree: Tree, manifest: dict) -> dict[str, tuple[int, str]]:
-    """{path: (size, md5)} of a backup's files but the manifest; refuses a changed artifact."""
-    vouched = catalog.vouched(manifest)
-    out = {}
-    for rel in catalog.files_of(manifest)[:-1]:  # a parted artifact's list before its parts
-        size, md5, sha = checksums(tree.root / rel)
-        if rel in vouched and sha != vouched[rel]:
-            raise OffsiteError(
-                f"{rel} no longer matches its manifest (sha256 {sha}); not copied off-site: "
-                f"run xiehe-backup verify {manifest['id']}"
+@dataclass(frozen=True)
+class _File:
+    """One file of a backup: where it goes on the remote, and what the manifest pins."""
+
+    rel: str
+    local: Path
+    sha256: str | None = None  # None: not pinned (backup_info)
+    size: int | None = None  # known without reading it (a part, from its list)
+
+
+def _files(tree: Tree, manifest: dict, pool: bool) -> list[_File]:
+    """A backup's files but the manifest; a parted artifact's list is checked against the
+    manifest before the parts it names are trusted to it.  `pool`: parts go to the
+    remote's pool, else beside their list (a remote that expires copies by age itself
+    must not hold parts that newer copies share)."""
+    out = []
+    for artifact in manifest["artifacts"]:
+        path = tree.root / artifact["path"]
+        if "parts" not in artifact:
+            out.append(_File(artifact["path"], path, artifact["sha256"]))
+            continue
+        if parts.stored_sha256(path) != artifact["sha256"]:
+            raise _changed(artifact["path"], manifest["id"])
+        out.append(_File(catalog.list_path(artifact), path / parts.LIST_NAME, artifact["sha256"]))
+        out += [
+            _File(
+                catalog.pool_path(part.sha256) if pool else f"{artifact['path']}/{part.name}",
+                path / part.name,
+                part.sha256,
+                part.size,
             )
-        catalog.vouch_parts(rel, tree.root, vouched)
-        out[rel] = (size, md5)
-    return out
+            for part in parts.read_list(path)
+        ]
+    info = f"backup_info_{manifest['id']}.txt"
+    return [*out, _File(info, tree.root / info)]
+
+
+def _changed(rel: str, backup_id: str) -> OffsiteError:
+    return OffsiteError(
+        f"{rel} no longer matches its manifest; not copied off-site: "
+        f"run xiehe-backup verify {backup_id}"
+    )
+
+
+def _sent_before(tree: Tree) -> dict[str, str]:
+    """{pool path: md5} of the parts earlier copies sent: a part is named by its sha256, so
+    the md5 computed when it was first sent holds for every backup that links it."""
+    known: dict[str, str] = {}
+    for manifest in manifests.read_all(tree):
+        known |= manifest.get("pooled_md5") or {}
+    return known
 
 
 def _confirm(rclone: Rclone, expected: dict[str, tuple[int, str]]) -> None:
@@ -83,28 +128,107 @@ def _same(have: dict | None, size: int, md5: str) -> bool:
     return bool(have) and have["size"] == size and have[HASH] == md5
 
 
+def _units(rels: list[str]) -> dict[str, list[str]]:
+    """{what one rclone call sends: its files}: a parted artifact's directory when parts
+    kept beside its list are to be sent, else each file alone (a list whose parts are
+    pooled, whose directory locally holds them all)."""
+    beside = {
+        parent
+        for rel in rels
+        if parts.is_parted(parent := rel.rpartition("/")[0])
+        and not rel.endswith(f"/{parts.LIST_NAME}")
+    }
+    units: dict[str, list[str]] = {}
+    for rel in rels:
+        parent = rel.rpartition("/")[0]
+        units.setdefault(parent if parent in beside else rel, []).append(rel)
+    return units
+
+
+@contextmanager
+def _pool_dir(tree: Tree, backup_id: str, files: list[_File]) -> Iterator[Path]:
+    """The parts to send, hard-linked under their pool names (one rclone call sends them)."""
+    directory = tree.staging(f"offsite-{backup_id}")
+    shutil.rmtree(directory, ignore_errors=True)  # what a crashed run left
+    directory.mkdir(parents=True, mode=0o700)
+    try:
+        for file in files:
+            target = directory / file.rel.rpartition("/")[2]
+            try:
+                os.link(file.local, target)
+            except FileExistsError:
+                continue  # two parts of the backup hold the same bytes
+            except OSError:
+                shutil.copyfile(file.local, target)  # a file system without hard links
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def replicate(
     tree: Tree, rclone: Rclone, backup_id: str, on_bytes: Callable[[int], None] = lambda n: None
 ) -> dict:
-    """Send one local backup; returns what was sent.  Raises OffsiteError."""
-    expected = _local_files(tree, manifests.read(tree, backup_id))
-    there = rclone.listing()
-    sent = reused = 0
-    for unit, rels in catalog.transfer_units(list(expected)).items():
-        size = sum(expected[rel][0] for rel in rels)
-        if all(_same(there.get(rel), *expected[rel]) for rel in rels):
-            reused += size
+    """Send one local backup; returns what was sent.  Raises OffsiteError.  Parts the remote
+    holds already (with the md5 recorded when they were sent) are neither read nor sent."""
+    files = _files(tree, manifests.read(tree, backup_id), rclone.remote.prunes)
+    there, known = rclone.listing(), _sent_before(tree)
+    expected: dict[str, tuple[int, str]] = {}
+    send: dict[str, _File] = {}
+    reused = 0
+    for file in files:
+        md5 = known.get(file.rel)
+        if md5 and file.size is not None and _same(there.get(file.rel), file.size, md5):
+            expected[file.rel] = (file.size, md5)
         else:
-            rclone.retrying(f"upload {unit}", lambda u=unit: rclone.upload(tree.root / u, u))
-            sent += size
-        on_bytes(size)
+            size, md5, sha = checksums(file.local)
+            if file.sha256 and sha != file.sha256:
+                raise _changed(file.rel, backup_id)
+            expected[file.rel] = (size, md5)
+            if not _same(there.get(file.rel), size, md5):
+                send[file.rel] = file
+                continue
+        reused += expected[file.rel][0]
+        on_bytes(expected[file.rel][0])
+    pooled = [f for f in send.values() if catalog.is_pooled(f.rel)]
+    for unit, rels in _units([rel for rel in send if not catalog.is_pooled(rel)]).items():
+        rclone.retrying(f"upload {unit}", lambda u=unit: rclone.upload(tree.root / u, u))
+        on_bytes(sum(expected[rel][0] for rel in rels))
+    if pooled:
+        with _pool_dir(tree, backup_id, pooled) as directory:
+            what = f"upload of {len(pooled)} part(s)"
+            rclone.retrying(what, lambda: rclone.upload(directory, catalog.POOL))
+        on_bytes(sum(expected[f.rel][0] for f in pooled))
     _confirm(rclone, expected)
-    manifests.update(tree, backup_id, md5={rel: md5 for rel, (_, md5) in expected.items()})
-    name = catalog.manifest_name(backup_id)
-    path = tree.manifest(backup_id)
-    rclone.retrying(f"upload {name}", lambda: rclone.upload(path, name))  # the copy exists now
-    _confirm(rclone, {name: checksums(path)[:2]})
-    return {"id": backup_id, "files": len(expected) + 1, "sent_bytes": sent, "reused_bytes": reused}
+    md5 = {rel: md5 for rel, (_, md5) in expected.items()}
+    pooled = {rel: md5 for rel, md5 in md5.items() if catalog.is_pooled(rel)}
+    local = manifests.update(tree, backup_id, **({"pooled_md5": pooled} if pooled else {}))
+    _send_manifest(tree, rclone, {**_remote_view(local), "md5": md5})  # the copy exists now
+    sent = sum(expected[rel][0] for rel in send)
+    return {
+        "id": backup_id,
+        "files": len(expected) + 1,
+        "sent_bytes": sent,
+        "reused_bytes": reused,
+    }
+
+
+def _remote_view(manifest: dict) -> dict:
+    """The local manifest as a remote keeps it: its files there go in its own md5 map."""
+    return {k: v for k, v in manifest.items() if k not in ("md5", "pooled_md5")}
+
+
+def _send_manifest(tree: Tree, rclone: Rclone, manifest: dict) -> None:
+    """The remote's manifest, with that remote's md5 map (remotes differ in layout)."""
+    name = catalog.manifest_name(manifest["id"])
+    directory = tree.staging(f"offsite-{manifest['id']}")
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / name
+    try:
+        atomic.write_json(path, manifest)
+        rclone.retrying(f"upload {name}", lambda: rclone.upload(path, name))
+        _confirm(rclone, {name: checksums(path)[:2]})
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def local_ids(tree: Tree) -> frozenset[str]:
