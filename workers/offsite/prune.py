@@ -46,7 +46,7 @@ def prune_remote(
         if d["id"] == newest and not d["keep"]:
             d.update(keep=True, rules=["newest verified remote copy"])
     doomed = [d["id"] for d in decisions if not d["keep"]]
-    listing = rclone.listing()
+    listing = rclone.listing(hashes=False)
     orphans = _orphans(listing, set(found), set(sendable))
     kept = {rel for i, m in found.items() if i not in doomed for rel in catalog.files_of(m)}
     unshared = sorted(r for r in listing if catalog.is_pooled(r) and r not in kept)

@@ -156,12 +156,17 @@ class Rclone:
             if not _root_missing(exc):
                 raise
 
-    def listing(self) -> dict[str, dict]:
-        """{relative path: {size, md5}} of every file under the root ({} if none yet)."""
+    def listing(self, rels: list[str] | None = None, hashes: bool = True) -> dict[str, dict]:
+        """{relative path: {size, md5}} of every file under the root, or of `rels` only
+        ({} if none yet).  The md5 costs the remote a read of each file (`md5sum` on an
+        SFTP server, one command per file): `hashes=False` gives names and sizes only."""
+        args = ["lsjson", "-R", "--files-only"]
+        args += ["--hash", f"--hash-type={HASH}"] if hashes else []
+        listed = None if rels is None else "".join(f"{rel}\n" for rel in rels).encode()
+        if listed is not None:
+            args.append("--files-from-raw=-")
         try:
-            raw = self.run(
-                "lsjson", "-R", "--files-only", "--hash", f"--hash-type={HASH}", self.root
-            )
+            raw = self.run(*args, self.root, stdin=listed)
         except OffsiteError as exc:
             if _root_missing(exc):
                 return {}

@@ -101,18 +101,32 @@ def _changed(rel: str, backup_id: str) -> OffsiteError:
     )
 
 
-def _sent_before(tree: Tree) -> dict[str, str]:
-    """{pool path: md5} of the parts earlier copies sent: a part is named by its sha256, so
-    the md5 computed when it was first sent holds for every backup that links it."""
+def _sent_before(tree: Tree, wanted: set[str]) -> dict[str, str]:
+    """{pool path: md5} of the wanted parts that earlier copies sent, looked up newest
+    backup first (consecutive backups share most parts): a part is named by its sha256,
+    so the md5 computed when it was first sent holds for every backup that links it."""
     known: dict[str, str] = {}
-    for manifest in manifests.read_all(tree):
-        known |= manifest.get("pooled_md5") or {}
+    for manifest in reversed(manifests.read_all(tree)):
+        if len(known) == len(wanted):
+            break
+        pooled = manifest.get("pooled_md5") or {}
+        known |= {rel: pooled[rel] for rel in wanted - known.keys() if rel in pooled}
     return known
+
+
+def _present(rclone: Rclone, files: list[_File], known: dict[str, str]) -> dict[str, dict]:
+    """What the remote holds of the backup's files.  A pooled part whose md5 is known is
+    judged by name and size: its name is its content's sha256, and the remote reading
+    every part of the pool on every run would cost more than sending the new ones
+    (`verify --remote` has the remote check each md5).  Others come with their md5."""
+    present = rclone.listing(hashes=False)
+    unsure = [f.rel for f in files if f.rel in present and f.rel not in known]
+    return present | (rclone.listing(unsure) if unsure else {})
 
 
 def _confirm(rclone: Rclone, expected: dict[str, tuple[int, str]]) -> None:
     """The remote reports every file with our size and checksum, or this raises."""
-    listing = rclone.listing()
+    listing = rclone.listing(list(expected))
     for rel, (size, md5) in expected.items():
         have = listing.get(rel)
         if have is None:
@@ -171,13 +185,14 @@ def replicate(
     """Send one local backup; returns what was sent.  Raises OffsiteError.  Parts the remote
     holds already (with the md5 recorded when they were sent) are neither read nor sent."""
     files = _files(tree, manifests.read(tree, backup_id), rclone.remote.prunes)
-    there, known = rclone.listing(), _sent_before(tree)
+    known = _sent_before(tree, {file.rel for file in files if catalog.is_pooled(file.rel)})
+    there = _present(rclone, files, known)
     expected: dict[str, tuple[int, str]] = {}
     send: dict[str, _File] = {}
     reused = 0
     for file in files:
         md5 = known.get(file.rel)
-        if md5 and file.size is not None and _same(there.get(file.rel), file.size, md5):
+        if md5 and (there.get(file.rel) or {}).get("size") == file.size:
             expected[file.rel] = (file.size, md5)
         else:
             size, md5, sha = checksums(file.local)
@@ -198,10 +213,10 @@ def replicate(
             what = f"upload of {len(pooled)} part(s)"
             rclone.retrying(what, lambda: rclone.upload(directory, catalog.POOL))
         on_bytes(sum(expected[f.rel][0] for f in pooled))
-    _confirm(rclone, expected)
+    _confirm(rclone, {rel: expected[rel] for rel in send})
     md5 = {rel: md5 for rel, (_, md5) in expected.items()}
-    pooled = {rel: md5 for rel, md5 in md5.items() if catalog.is_pooled(rel)}
-    local = manifests.update(tree, backup_id, **({"pooled_md5": pooled} if pooled else {}))
+    kept = {rel: md5 for rel, md5 in md5.items() if catalog.is_pooled(rel)}
+    local = manifests.update(tree, backup_id, **({"pooled_md5": kept} if kept else {}))
     _send_manifest(tree, rclone, {**_remote_view(local), "md5": md5})  # the copy exists now
     sent = sum(expected[rel][0] for rel in send)
     return {

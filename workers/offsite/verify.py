@@ -12,9 +12,10 @@ def verify_remote(rclone: Rclone, backup_id: str) -> dict:
     manifest = catalog.manifest(rclone, backup_id)
     recorded = manifest.get("md5") or {}
     sizes = {a["path"]: a["size_bytes"] for a in manifest["artifacts"]}
-    listing = rclone.listing()
+    files = catalog.files_of(manifest)[:-1]
+    listing = rclone.listing(files)
     problems = []
-    for rel in catalog.files_of(manifest)[:-1]:
+    for rel in files:
         have = listing.get(rel)
         if have is None:
             problems.append(f"{rel}: missing")
