@@ -251,6 +251,47 @@ def test_unchanged_parts_go_off_site_once_and_outlive_the_backup_that_sent_them(
     assert_same(before, st.snapshot())
 
 
+def test_the_scheduled_verify_finds_a_damaged_pooled_part_and_the_next_copy_resends_it(
+    stack, sftp_server, worker_factory, docker_client, helper_image, monkeypatch
+):
+    from workers import config
+    from workers.offsite import settings as offsite_settings
+    from workers.offsite.verify import verify_remotes
+    from workers.ops import inuse
+
+    st, env = stack
+    hook = Receiver()
+    env = {**env, **FAST_RETRY, "XIEHE_OFFSITE": f"dr={sftp_server.url()}"}
+    worker_factory(env)
+    scan = "head -c 300000 /dev/urandom > /v/scan.dcm"  # a part of its own, linked next time
+    _in_volume(docker_client, helper_image, st.volume_names[0], scan)
+    first = _backup(env)
+    # Bit rot on the remote: the scan's part keeps its size and time, not its bytes.
+    pooled = _pooled(_remote_manifest(env, "dr", first))
+    victim_rel = max(pooled, key=lambda rel: (sftp_server.root / rel).stat().st_size)
+    victim = sftp_server.root / victim_rel
+    info, good = victim.stat(), victim.read_bytes()
+    victim.write_bytes(bytes([good[0] ^ 0xFF]) + good[1:])
+    os.utime(victim, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+    monkeypatch.setenv("XIEHE_NOTIFY_URLS", hook.url)  # the alert goes from this process
+    settings = config.load(env)
+    outcome = verify_remotes(settings, offsite_settings.load(env), inuse.broker(settings))
+    assert not outcome["dr"]["ok"] and outcome["dr"]["damaged"] == [victim_rel]
+    [alert] = hook.bodies
+    assert f"offsite.verify_failed {first}" in alert["title"] and victim_rel in alert["message"]
+    assert victim_rel not in _local_manifest(env, first)["pooled_md5"]
+
+    # The next copy names the same part: the remote hashes it, and it is sent again.
+    second = _backup(env)
+    assert victim_rel in _pooled(_remote_manifest(env, "dr", second))
+    assert victim.read_bytes() == good
+    assert verify_remotes(settings, offsite_settings.load(env), inuse.broker(settings))["dr"]["ok"]
+    proc = cli(env, "verify", "--remote", "dr", first)
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # healed for the first copy too
+    hook.server.shutdown()
+
+
 def test_s3_copies_follow_retention_and_restore_alone(stack, s3_server, worker_factory, tmp_path):
     st, env = stack
     secret_file = tmp_path / "s3_secret"

@@ -123,9 +123,16 @@ def scheduled_prune() -> dict:
 
 @shared_task(name="scheduled.verify")
 def scheduled_verify() -> dict:
+    """Every local backup, then each off-site remote's newest copy."""
+    from workers.offsite import settings as offsite_settings
+    from workers.offsite.verify import verify_remotes
+    from workers.ops import inuse
     from workers.ops.verify import verify_backups
 
-    return verify_backups(config.load(), None)
+    settings = config.load()
+    local = verify_backups(settings, None)
+    offsite = verify_remotes(settings, offsite_settings.load(), inuse.broker(settings))
+    return {**local, "offsite": offsite}
 
 
 @shared_task(name="scheduled.drill")

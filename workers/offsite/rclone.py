@@ -131,9 +131,12 @@ class Rclone:
         raise AssertionError("unreachable")
 
     # What the rest of the package uses: each one rclone call, retried by the caller.
-    def upload(self, local: Path, rel: str) -> None:
-        """A file, or a directory's files (those not already there alike)."""
-        self.run("copy" if local.is_dir() else "copyto", str(local), self.path(rel), transfer=True)
+    def upload(self, local: Path, rel: str, every: bool = False) -> None:
+        """A file, or a directory's files (those not already there alike; `every`: all of
+        them, as a damaged remote copy may have the size and time of the good one)."""
+        verb = "copy" if local.is_dir() else "copyto"
+        flags = ["--ignore-times"] if every else []
+        self.run(verb, str(local), self.path(rel), *flags, transfer=True)
 
     def download(self, rel: str, local: Path, directory: bool = False) -> None:
         self.run("copy" if directory else "copyto", self.path(rel), str(local), transfer=True)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import redis
@@ -206,12 +207,14 @@ def replicate(
         on_bytes(expected[file.rel][0])
     pooled = [f for f in send.values() if catalog.is_pooled(f.rel)]
     for unit, rels in _units([rel for rel in send if not catalog.is_pooled(rel)]).items():
-        rclone.retrying(f"upload {unit}", lambda u=unit: rclone.upload(tree.root / u, u))
+        alone = rels == [unit]  # a file to send, not a directory of parts some of which are
+        send_unit = partial(rclone.upload, tree.root / unit, unit, alone)
+        rclone.retrying(f"upload {unit}", send_unit)
         on_bytes(sum(expected[rel][0] for rel in rels))
     if pooled:
         with _pool_dir(tree, backup_id, pooled) as directory:
             what = f"upload of {len(pooled)} part(s)"
-            rclone.retrying(what, lambda: rclone.upload(directory, catalog.POOL))
+            rclone.retrying(what, lambda: rclone.upload(directory, catalog.POOL, every=True))
         on_bytes(sum(expected[f.rel][0] for f in pooled))
     _confirm(rclone, {rel: expected[rel] for rel in send})
     md5 = {rel: md5 for rel, (_, md5) in expected.items()}
