@@ -81,6 +81,12 @@ def is_pooled(rel: str) -> bool:
     return rel.startswith(f"{POOL}/")
 
 
+def is_pool_path(rel: str) -> bool:
+    """Whether `rel` is exactly what pool_path() makes (a remote's manifest may name it)."""
+    name = rel.removeprefix(f"{POOL}/").removesuffix(".zst")
+    return is_pooled(rel) and rel.endswith(".zst") and bool(_SHA256.match(name))
+
+
 def list_path(artifact: dict) -> str:
     """A parted artifact's list, under the artifact's directory."""
     return f"{artifact['path']}/{parts.LIST_NAME}"

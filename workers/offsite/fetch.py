@@ -27,7 +27,6 @@ from workers.store.codec import sha256_file
 from workers.store.layout import KIND_DIRS, Tree
 
 PART_FILE = re.compile(rf"^(\d{{8}}\.zst|{parts.LIST_NAME})$")
-POOLED = re.compile(rf"^{catalog.POOL}/[0-9a-f]{{64}}\.zst$")
 
 
 def _checked_path(rel: str, backup_id: str) -> str:
@@ -36,7 +35,7 @@ def _checked_path(rel: str, backup_id: str) -> str:
     inside = inside and names[1] not in ("..", ".")
     if len(names) == 3:  # a part of a parted artifact
         inside = inside and parts.is_parted(names[1]) and bool(PART_FILE.match(names[2]))
-    if not (inside or POOLED.match(rel) or rel == f"backup_info_{backup_id}.txt"):
+    if not (inside or catalog.is_pool_path(rel) or rel == f"backup_info_{backup_id}.txt"):
         raise UnsafeArchive(f"the remote manifest of {backup_id} names an unsafe path {rel[:80]!r}")
     return rel
 
