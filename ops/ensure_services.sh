@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(docker.io busybox-static zstd mydumper restic age mariadb-client redis-server redis-tools docker-compose debootstrap rclone openssh-server)
+# libmariadb-dev, pkg-config: pip builds mysqlclient (PyPI has no Linux wheel of it)
+DEBS=(libmariadb-dev pkg-config docker.io busybox-static zstd mydumper restic age mariadb-client redis-server redis-tools docker-compose debootstrap rclone openssh-server)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -19,7 +20,7 @@ fi
 
 # Installed again whenever pyproject.toml changed since the last install (a new dependency).
 stamp=/var/tmp/xiehe-backup-pyproject.sha256
-if ! python3 -c "import workers, celery, pyrage, zstandard, pytest, moto.server" 2>/dev/null \
+if ! python3 -c "import workers, celery, pyrage, zstandard, MySQLdb, pytest, moto.server" 2>/dev/null \
    || ! command -v xiehe-backup >/dev/null \
    || [[ "$(sha256sum < pyproject.toml)" != "$(cat "$stamp" 2>/dev/null)" ]]; then
   echo "installing Python packages"

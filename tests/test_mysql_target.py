@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pymysql
 import pytest
 
+from tests.support.mariadb import MariaDB
 from workers.config import MySQLSettings
 from workers.errors import TargetError
 from workers.steps import verify_restore
@@ -377,3 +378,50 @@ def test_a_backup_made_before_rendering_2_is_checked_as_it_was_rendered(source):
     mismatches = verify_restore.mysql_mismatches(ctx, manifest, [source])
     tables = {m.split(" table ")[1].split(":")[0] for m in mismatches}
     assert tables == {"patient", "legacy"}  # the tables with blobs or newlines
+
+
+@pytest.fixture(scope="module")
+def tls_only_server(tmp_path_factory):
+    """A private MariaDB that refuses every connection not encrypted with TLS."""
+    work = tmp_path_factory.mktemp("tls-mariadb")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+        + ["-keyout", str(work / "key.pem"), "-out", str(work / "cert.pem")]
+        + ["-subj", "/CN=xiehe-test"],
+        check=True,
+        capture_output=True,
+    )
+    server = MariaDB(
+        work / "server",
+        "--skip-log-bin",
+        f"--ssl-cert={work / 'cert.pem'}",
+        f"--ssl-key={work / 'key.pem'}",
+        "--require-secure-transport=ON",
+    )
+    yield server
+    server.stop()
+
+
+def test_dump_over_tls_to_localhost_when_the_server_requires_it(tmp_path, tls_only_server):
+    """Every connection of a dump (the lock's and the row readers') is encrypted when the
+    server offers TLS: this server refuses the others.  "localhost" is this server's TCP
+    port: the C client would otherwise take the Unix socket of the machine's own server."""
+    server = tls_only_server
+    server.sql("CREATE DATABASE tls_src CHARACTER SET utf8mb4")
+    conn = server.connect("tls_src", charset="utf8mb4")
+    with conn.cursor() as cur:
+        cur.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        assert cur.fetchone()[1], "the test server must be speaking TLS"
+        for statement in SCHEMA:
+            cur.execute(statement)
+        cur.execute("INSERT INTO patient (name, photo) VALUES (%s, %s)", ("张三", b"\0'\\\n"))
+    conn.close()
+    settings = replace(ROOT, host="localhost", port=server.port, databases=("tls_src",))
+
+    result = dump(tmp_path, settings)
+    assert result["snapshot"] == "shared-ftwrl"  # the parallel row readers were used
+    artifact = artifact_of(tmp_path, result, "tls_src")
+    mysql.restore(settings, artifact, "tls_copy", None, lambda n: None)
+    recorded = result["databases"]["tls_src"]["tables"]
+    assert recorded["big"]["rows"] == BIG_ROWS
+    assert mysql.checksums(settings, "tls_copy") == recorded == mysql.checksums(settings, "tls_src")

@@ -21,7 +21,7 @@ PROXY=xiehe/docker-proxy:bookworm
 WORKER=xiehe/backup-worker:local
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # the worker's binaries too, so its Dockerfile's apt-get install has nothing to download
-PACKAGES=python3,python3-venv,python3-pip,mariadb-server,mariadb-client,redis-server,zstd,ca-certificates,haproxy,mydumper,age,restic,tini
+PACKAGES=python3,python3-venv,python3-pip,mariadb-server,mariadb-client,libmariadb3,redis-server,zstd,ca-certificates,haproxy,mydumper,age,restic,tini
 
 exists() { docker image inspect "$1" >/dev/null 2>&1; }
 image_id() { docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }

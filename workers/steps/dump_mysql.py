@@ -9,7 +9,7 @@ import pymysql
 from workers.context import StepContext
 from workers.errors import TargetError
 from workers.steps.staging import expected_bytes, fresh_dir, with_paths
-from workers.targets import mysql
+from workers.targets import mysql, mysql_reader
 
 
 def dump_mysql(run: dict, ctx: StepContext) -> dict:
@@ -20,7 +20,8 @@ def dump_mysql(run: dict, ctx: StepContext) -> dict:
     out_dir = fresh_dir(ctx.tree.staging_dir(run["id"], "mysql"))
     try:
         result = mysql.dump(settings, out_dir, run["id"], ctx.codec, ctx.progress.add)
-    except (pymysql.err.Error, AttributeError) as exc:  # pymysql: a closed socket mid-read
+    # AttributeError: pymysql on a socket closed mid-read
+    except (pymysql.err.Error, mysql_reader.Error, AttributeError) as exc:
         raise TargetError(
             "mysql",
             f"the server at {settings.host}:{settings.port} stopped answering during the dump "

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ssl
+from typing import Any, Protocol
 
 import pymysql
-import pymysql.cursors
 
 from workers.config import SYSTEM_DATABASES, MySQLSettings
 from workers.errors import TargetError
@@ -16,9 +16,18 @@ ER_DBACCESS_DENIED = 1044
 ER_SPECIFIC_ACCESS_DENIED = 1227
 ER_LOCK_WAIT_TIMEOUT = 1205
 CR_CONNECTION_ERRORS = (2002, 2003, 2005, 2006, 2013)
+CONNECT_TIMEOUT = 10  # s
 
 # Engines whose reads are MVCC: covered by START TRANSACTION WITH CONSISTENT SNAPSHOT.
 MVCC_ENGINES = frozenset({"innodb", "rocksdb", "tokudb"})
+
+
+class DBConnection(Protocol):
+    """What the catalogue queries need of a connection: PyMySQL's and mysqlclient's both."""
+
+    def cursor(self) -> Any: ...
+
+    def query(self, sql: str) -> Any: ...
 
 
 def qi(name: str) -> str:
@@ -41,9 +50,29 @@ class _Connection(pymysql.connections.Connection):
         return _Connection._preferred
 
 
+def refusal(settings: MySQLSettings, database: str | None, exc: Exception) -> TargetError:
+    """A refused connection (either driver: both carry the server's error number and text)
+    as a sentence a user can act on, without the password."""
+    where = f"{settings.host}:{settings.port}"
+    code, text = exc.args[0], exc.args[1] if len(exc.args) > 1 else str(exc)
+    if code == ER_ACCESS_DENIED:
+        return TargetError(
+            "mysql", f"access denied for user {settings.user!r} at {where}: wrong user or password"
+        )
+    if code == ER_DBACCESS_DENIED:
+        return TargetError("mysql", f"user {settings.user!r} may not use database {database!r}")
+    if code in CR_CONNECTION_ERRORS:
+        return TargetError("mysql", f"cannot reach the server at {where}: {text}")
+    return TargetError("mysql", f"cannot connect to {where}: {text}")
+
+
+def prepare(conn: DBConnection) -> None:
+    """Every connection's session: TIMESTAMP values travel as UTC."""
+    conn.query("SET SESSION time_zone = '+00:00'")
+
+
 def connect(settings: MySQLSettings, database: str | None = None) -> pymysql.Connection:
     """A utf8mb4, UTC, autocommit connection; errors become TargetError without the password."""
-    where = f"{settings.host}:{settings.port}"
     try:
         conn = _Connection(
             host=settings.host,
@@ -53,35 +82,28 @@ def connect(settings: MySQLSettings, database: str | None = None) -> pymysql.Con
             database=database,
             charset="utf8mb4",
             autocommit=True,
-            connect_timeout=10,
+            connect_timeout=CONNECT_TIMEOUT,
         )
     except pymysql.err.OperationalError as exc:
-        code = exc.args[0]
-        if code == ER_ACCESS_DENIED:
-            raise TargetError(
-                "mysql",
-                f"access denied for user {settings.user!r} at {where}: wrong user or password",
-            ) from None
-        if code == ER_DBACCESS_DENIED:
-            raise TargetError(
-                "mysql", f"user {settings.user!r} may not use database {database!r}"
-            ) from None
-        if code in CR_CONNECTION_ERRORS:
-            raise TargetError(
-                "mysql", f"cannot reach the server at {where}: {exc.args[1]}"
-            ) from None
-        raise TargetError("mysql", f"cannot connect to {where}: {exc.args[1]}") from None
-    conn.query("SET SESSION time_zone = '+00:00'")  # TIMESTAMP values travel as UTC
+        raise refusal(settings, database, exc) from None
+    prepare(conn)
     return conn
 
 
-def rows(conn: pymysql.Connection, sql: str, args: tuple = ()) -> list[dict]:
-    with conn.cursor(pymysql.cursors.DictCursor) as cur:
+def uses_tls(conn: DBConnection) -> bool:
+    """Whether the connection is encrypted (PyMySQL takes TLS whenever the server offers it)."""
+    return bool(rows(conn, "SHOW SESSION STATUS LIKE 'Ssl_cipher'")[0]["Value"])
+
+
+def rows(conn: DBConnection, sql: str, args: tuple = ()) -> list[dict]:
+    """The result as dicts; plain DB-API, so it serves connections of either driver."""
+    with conn.cursor() as cur:
         cur.execute(sql, args or None)
-        return list(cur.fetchall())
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def scalar(conn: pymysql.Connection, sql: str, args: tuple = ()):
+def scalar(conn: DBConnection, sql: str, args: tuple = ()):
     with conn.cursor() as cur:
         cur.execute(sql, args or None)
         row = cur.fetchone()
@@ -92,13 +114,13 @@ def flavor(version: str) -> str:
     return "mariadb" if "mariadb" in version.lower() else "mysql"
 
 
-def user_databases(conn: pymysql.Connection) -> list[str]:
+def user_databases(conn: DBConnection) -> list[str]:
     with conn.cursor() as cur:
         cur.execute("SHOW DATABASES")
         return sorted(r[0] for r in cur.fetchall() if r[0].lower() not in SYSTEM_DATABASES)
 
 
-def base_tables(conn: pymysql.Connection, database: str) -> list[dict]:
+def base_tables(conn: DBConnection, database: str) -> list[dict]:
     """[{name, engine}] of a database's base tables, by name."""
     found = rows(
         conn,
@@ -109,7 +131,7 @@ def base_tables(conn: pymysql.Connection, database: str) -> list[dict]:
     return [{"name": r["name"], "engine": r["engine"]} for r in found]
 
 
-def object_names(conn: pymysql.Connection, database: str) -> dict[str, list[str]]:
+def object_names(conn: DBConnection, database: str) -> dict[str, list[str]]:
     """Names of the database's views, routines ("FUNCTION f"), triggers and events."""
 
     def names(sql: str) -> list[str]:
@@ -177,7 +199,7 @@ def one_line(rows: bytes) -> bytes:
     return rows.replace(b"\n", b"\\n").replace(b"\r", b"\\r")
 
 
-def insertable_columns(conn: pymysql.Connection, database: str, table: str) -> list[dict]:
+def insertable_columns(conn: DBConnection, database: str, table: str) -> list[dict]:
     """Insertable columns (generated ones are recomputed on load), in table order."""
     return rows(
         conn,

@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import MySQLdb
 import pymysql
-import pymysql.cursors
 
 from workers.config import MySQLSettings
 from workers.errors import TargetError
@@ -42,6 +42,7 @@ from workers.targets.mysql_common import (
     ER_SPECIFIC_ACCESS_DENIED,
     MVCC_ENGINES,
     RENDERING,
+    DBConnection,
     base_tables,
     block,
     connect,
@@ -54,7 +55,9 @@ from workers.targets.mysql_common import (
     rows,
     scalar,
     user_databases,
+    uses_tls,
 )
+from workers.targets.mysql_reader import batches, connect_reader
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +74,8 @@ POLL_SECONDS = 0.5
 @dataclass
 class _Snapshot:
     mode: str  # "shared-ftwrl" | "single-connection"
-    control: pymysql.Connection  # holds the lock (or is the only worker)
-    workers: list[pymysql.Connection]
+    control: DBConnection  # holds the lock (PyMySQL), or is the only worker (a reader)
+    workers: list[MySQLdb.Connection]
     locked: bool
     binlog: dict | None = None
     _mutex: threading.Lock = field(default_factory=threading.Lock)
@@ -89,13 +92,13 @@ class _Snapshot:
                 conn.close()
 
 
-def _session(conn: pymysql.Connection) -> None:
+def _session(conn: DBConnection) -> None:
     # '' sql_mode: standard quoting in SHOW CREATE and backslash escapes in our literals.
     conn.query("SET SESSION sql_mode = ''")
     conn.query("SET SESSION net_write_timeout = 3600")  # the consumer may stall on disk
 
 
-def _begin_snapshot(conn: pymysql.Connection) -> None:
+def _begin_snapshot(conn: MySQLdb.Connection) -> None:
     _session(conn)
     conn.query("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
     conn.query("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
@@ -114,7 +117,7 @@ def _binlog_under_lock(conn: pymysql.Connection, version: str) -> dict | None:
     return {"file": status[0]["File"], "position": int(status[0]["Position"]), "gtid": gtid}
 
 
-def _binlog_of_snapshot(conn: pymysql.Connection, version: str) -> dict | None:
+def _binlog_of_snapshot(conn: DBConnection, version: str) -> dict | None:
     """MariaDB reports the binlog position matching a consistent snapshot; MySQL cannot
     without a lock, so no position is recorded there."""
     if flavor(version) != "mariadb":
@@ -127,24 +130,31 @@ def _binlog_of_snapshot(conn: pymysql.Connection, version: str) -> dict | None:
     return {"file": file, "position": int(status["Binlog_snapshot_position"]), "gtid": None}
 
 
-def _open_snapshot(settings: MySQLSettings, version: str) -> _Snapshot:
+def _open_snapshot(settings: MySQLSettings, version: str, tls: bool) -> _Snapshot:
+    """The lock on a PyMySQL connection; the snapshots on mysqlclient readers (the rows)."""
     control = connect(settings)
     try:
         control.query(f"SET SESSION lock_wait_timeout = {LOCK_WAIT_SECONDS}")
         control.query("FLUSH TABLES WITH READ LOCK")
     except pymysql.err.OperationalError as exc:
+        control.close()
         if exc.args[0] not in (ER_SPECIFIC_ACCESS_DENIED, ER_LOCK_WAIT_TIMEOUT):
             raise
         log.warning("FLUSH TABLES WITH READ LOCK refused (%s): one connection", exc.args[1])
-        _begin_snapshot(control)
-        snap = _Snapshot("single-connection", control, [control], locked=False)
-        snap.binlog = _binlog_of_snapshot(control, version)
+        reader = connect_reader(settings, tls)
+        snap = _Snapshot("single-connection", reader, [reader], locked=False)
+        try:
+            _begin_snapshot(reader)
+            snap.binlog = _binlog_of_snapshot(reader, version)
+        except BaseException:
+            snap.close()
+            raise
         return snap
     snap = _Snapshot("shared-ftwrl", control, [], locked=True)
     try:
         _session(control)
         for _ in range(settings.parallel):
-            snap.workers.append(connect(settings))
+            snap.workers.append(connect_reader(settings, tls))
             _begin_snapshot(snap.workers[-1])
         snap.binlog = _binlog_under_lock(control, version)
     except BaseException:
@@ -165,7 +175,7 @@ def _view_order(database: str, views: dict[str, str]) -> list[str]:
     return list(graph.static_order())
 
 
-def _show(conn: pymysql.Connection, what: str, database: str, name: str, column: str) -> dict:
+def _show(conn: DBConnection, what: str, database: str, name: str, column: str) -> dict:
     found = rows(conn, f"SHOW CREATE {what} {qi(database)}.{qi(name)}")
     if not found or not found[0].get(column):
         raise TargetError(
@@ -180,7 +190,7 @@ def _set_mode(mode: str) -> str:
     return f"SET SESSION sql_mode = '{pymysql.converters.escape_string(mode)}';\n"
 
 
-def _object_sql(conn: pymysql.Connection, database: str, names: dict[str, list[str]]) -> bytes:
+def _object_sql(conn: DBConnection, database: str, names: dict[str, list[str]]) -> bytes:
     """DDL of views, routines, triggers and events, in a loadable order (after the data, so
     triggers do not fire while rows are loaded)."""
     out: list[bytes] = []
@@ -221,34 +231,33 @@ def _object_sql(conn: pymysql.Connection, database: str, names: dict[str, list[s
 
 
 def _dump_table(
-    conn: pymysql.Connection, database: str, table: str, emit: Callable[[bytes], None]
+    conn: MySQLdb.Connection, database: str, table: str, emit: Callable[[bytes], None]
 ) -> dict:
     ddl = rows(conn, f"SHOW CREATE TABLE {qi(database)}.{qi(table)}")[0]["Create Table"]
     emit(f"\n-- Table {qi(table)}\nDROP TABLE IF EXISTS {qi(table)};\n".encode() + block(ddl))
     columns = insertable_columns(conn, database, table)
     head = f"INSERT INTO {qi(table)} ({', '.join(qi(c['name']) for c in columns)}) VALUES ".encode()
     count = checksum = 0
-    with conn.cursor(pymysql.cursors.SSCursor) as cur:
-        cur.execute(f"SELECT {row_sql(columns)} FROM {qi(database)}.{qi(table)}")
-        batch: list[bytes] = []
-        size = 0
-        while fetched := cur.fetchmany(FETCH_ROWS):
-            for (row,) in fetched:
-                if row is None:  # CONCAT gave up: the row is bigger than max_allowed_packet
-                    raise TargetError(
-                        "mysql",
-                        f"a row of {database}.{table} is larger than max_allowed_packet;"
-                        " raise it on the server (it is needed to restore the row too)",
-                    )
-                batch.append(row)
-                checksum += zlib.crc32(row)
-                size += len(row) + 1
-                if size >= STATEMENT_BYTES:
-                    emit(head + one_line(b",".join(batch)) + b";\n")
-                    batch, size = [], 0
-            count += len(fetched)
-        if batch:
-            emit(head + one_line(b",".join(batch)) + b";\n")
+    batch: list[bytes] = []
+    size = 0
+    select = f"SELECT {row_sql(columns)} FROM {qi(database)}.{qi(table)}"
+    for fetched in batches(conn, select, FETCH_ROWS):
+        for (row,) in fetched:
+            if row is None:  # CONCAT gave up: the row is bigger than max_allowed_packet
+                raise TargetError(
+                    "mysql",
+                    f"a row of {database}.{table} is larger than max_allowed_packet;"
+                    " raise it on the server (it is needed to restore the row too)",
+                )
+            batch.append(row)
+            checksum += zlib.crc32(row)
+            size += len(row) + 1
+            if size >= STATEMENT_BYTES:
+                emit(head + one_line(b",".join(batch)) + b";\n")
+                batch, size = [], 0
+        count += len(fetched)
+    if batch:
+        emit(head + one_line(b",".join(batch)) + b";\n")
     return {"rows": count, "checksum": checksum}
 
 
@@ -318,7 +327,7 @@ class _Pipeline:
         if last:
             self.snap.unlock()  # every table outside the MVCC snapshot is dumped
 
-    def _work(self, conn: pymysql.Connection) -> None:
+    def _work(self, conn: MySQLdb.Connection) -> None:
         while (index := self._take()) is not None:
             task = self.tasks[index]
             try:
@@ -415,7 +424,7 @@ class _Plan:
     charsets: dict[str, tuple[str, str]]
 
 
-def _plan(conn: pymysql.Connection, databases: list[str]) -> _Plan:
+def _plan(conn: DBConnection, databases: list[str]) -> _Plan:
     """Tables, object DDL and charsets: read under the lock (or in the single snapshot)."""
     plan = _Plan(databases, [], {}, {}, {})
     for db in databases:
@@ -447,9 +456,10 @@ def dump(
     try:
         version = scalar(probe, "SELECT VERSION()")
         databases = list(settings.databases) or user_databases(probe)
+        tls = uses_tls(probe)
     finally:
         probe.close()
-    snap = _open_snapshot(settings, version)
+    snap = _open_snapshot(settings, version, tls)
     result: list[dict] = []
     try:
         plan = _plan(snap.control, databases)
