@@ -62,6 +62,9 @@ def verify_artifact(
     `just_written`: the backup's own check of what it wrote.  A parted artifact's parts
     are then read back, except those linked from a backup that checked them; the content
     pass is left out, since every part's plaintext matches what the writer judged and hashed.
+    A stream the writer decoded as it wrote it (`decoded_when_written`) is only read back
+    for its sha256: those bytes decoded to the plaintext hashed, which the capture judged
+    (the RDB's CRC64 as it arrived, the dump's completion line written before the commit).
 
     `side_by_side`: the stored bytes' sha256 and the content pass (decompress, hash, check)
     read the file in two threads, both in C code that releases the GIL (a fifth less time
@@ -77,6 +80,10 @@ def verify_artifact(
         if parts.stored_sha256(path) != artifact["sha256"]:
             raise mismatch
         return {"file": name, "sha256": "ok", "content": "ok", **parts.check(path, True)}
+    if just_written and artifact.get("decoded_when_written"):
+        if parts.stored_sha256(path) != artifact["sha256"]:
+            raise mismatch
+        return {"file": name, "sha256": "ok", "content": "ok, decoded when written"}
     readable = not (artifact.get("encrypted") and identity_file is None)
     content: dict = {}
     defect: CorruptArtifact | None = None

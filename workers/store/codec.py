@@ -13,7 +13,7 @@ import io
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -70,8 +70,9 @@ class HashingFile:
 
     WRITEBACK = 8 << 20
 
-    def __init__(self, fh: BinaryIO) -> None:
+    def __init__(self, fh: BinaryIO, tap: Callable[[bytes], None] | None = None) -> None:
         self.fh = fh
+        self.tap = tap  # also given every byte written
         self.sha = hashlib.sha256()
         self.size = 0
         self._kicked = 0
@@ -80,6 +81,8 @@ class HashingFile:
         self.fh.write(data)
         self.sha.update(data)
         self.size += len(data)
+        if self.tap:
+            self.tap(data if isinstance(data, bytes) else bytes(data))
         flushed = self.size - CHUNK  # the buffered writer holds at most CHUNK bytes
         if flushed - self._kicked >= self.WRITEBACK:
             start_writeback(self.fh.fileno(), self._kicked, flushed - self._kicked)
@@ -125,9 +128,10 @@ class _PipeEncryptor:
 
 class PlainHasher:
     """The plaintext's sha256 and size, in a thread of its own and in write order: it
-    overlaps the compression, and for frames copied from another artifact it does their
-    decompression (which is what checks them).  Small writes are batched into one hand-off;
-    at most DEPTH hand-offs wait, so memory stays flat."""
+    overlaps the compression, and for zstd frames (copied from another artifact, or an
+    artifact's own stream as it is written) it does their decompression, which checks them.
+    Small writes are batched into one hand-off; at most DEPTH hand-offs wait, so memory
+    stays flat."""
 
     DEPTH = 8
     BATCH = 256 << 10
@@ -168,7 +172,7 @@ class PlainHasher:
         self._jobs.put(("cut", None))
 
     def finish(self) -> Exception | None:
-        """Wait for the thread; the defect it found (a damaged copied frame), if any."""
+        """Wait for the thread; the defect it found (a damaged frame), if any."""
         self._flush()
         self._jobs.put(None)
         self._thread.join()
@@ -204,12 +208,12 @@ class PlainHasher:
                     self.sha, self.size = hashlib.sha256(), 0
                 else:
                     if pending:
-                        raise CorruptArtifact("a copied frame is cut short")
+                        raise CorruptArtifact("a frame is cut short")
                     if data is not None and copied != data:
-                        raise CorruptArtifact(f"copied frames hold {copied} bytes, not {data}")
+                        raise CorruptArtifact(f"the frames hold {copied} bytes, not {data}")
                     self.size, copied = self.size + copied, 0
             except zstandard.ZstdError as exc:
-                self._error = CorruptArtifact(f"a copied frame is damaged: {exc}")
+                self._error = CorruptArtifact(f"a frame is damaged: {exc}")
             except Exception as exc:  # noqa: BLE001 - handed to the writer's thread
                 self._error = exc
 
@@ -224,7 +228,12 @@ class ArtifactWriter:
         self.partial.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self._fh = os.fdopen(fd, "wb", buffering=CHUNK)
-        self._disk = HashingFile(self._fh)
+        # An unencrypted zstd stream is decoded as it is written (frame checksums checked,
+        # the plaintext hashed), so the backup's verify need not decompress it again: a
+        # thread of its own, which overlaps the capture instead of following it.
+        echoed = codec.compression == "zstd" and not codec.encrypted
+        self._echo = PlainHasher() if echoed else None
+        self._disk = HashingFile(self._fh, self._echo.frames if self._echo else None)
         self._encryptor = _PipeEncryptor(self._disk, codec.recipients) if codec.encrypted else None
         below = self._encryptor or self._disk
         if codec.compression == "zstd":
@@ -288,9 +297,25 @@ class ArtifactWriter:
             finally:  # also on ENOSPC: an fd left open keeps a deleted .partial's space taken
                 self._fh.close()
                 defect = self._plain.finish()
+                undecoded = self._finish_echo()
             if defect:
                 raise defect
+            if undecoded:
+                raise undecoded
         return self.record()
+
+    def _finish_echo(self) -> CorruptArtifact | None:
+        """Why the stream written does not decode to the plaintext written, if it does not."""
+        if not self._echo:
+            return None
+        self._echo.end_frames(None)
+        defect = self._echo.finish()
+        echoed = (self._echo.size, self._echo.sha.digest())
+        if not defect and echoed != (self._plain.size, self._plain.sha.digest()):
+            defect = CorruptArtifact("it decodes to other bytes than were written")
+        if defect:
+            return CorruptArtifact(f"{self.path.name}: the compressed stream is wrong: {defect}")
+        return None
 
     def record(self) -> dict:
         return {
@@ -301,6 +326,7 @@ class ArtifactWriter:
             "sha256": self._disk.sha.hexdigest(),
             "plain_bytes": self._plain.size,
             "plain_sha256": self._plain.sha.hexdigest(),
+            **({"decoded_when_written": True} if self._echo else {}),
         }
 
     def commit(self) -> dict:
