@@ -2,8 +2,9 @@
 
 PyMySQL parses every row packet in Python: reading the reference set's 150,000 rendered
 rows cost 1.24 s of CPU there, against 0.31 s through mysqlclient's C reader (which also
-lets go of the GIL while it waits on the socket), and the dump is CPU-bound.  Everything
-else (the snapshot's lock, catalogue queries, restores) stays on PyMySQL.
+lets go of the GIL while it waits on the socket), and the dump is CPU-bound.  The dump's
+snapshot connections are readers (a table's DDL and columns are read there too, through the
+driver-neutral helpers of mysql_common); the lock, the probe and restores stay on PyMySQL.
 """
 
 from __future__ import annotations
