@@ -43,6 +43,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 POLL = 0.1  # seconds between two memory samples (each reads the smaps of the tree)
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MEMORY_LIMIT_MB = 300
+# Runs per row for the rows the end-to-end and restore targets are drawn from: their median.
+# On a shared two-core machine one busy moment moved a single run by 20-30%.
+REPEAT = 3
 
 
 # --------------------------------------------------------------------------- measuring
@@ -147,24 +150,25 @@ class Bench:
         repeat: int = 1,
         before: Callable[[int], None] = lambda i: None,
         mean: bool = False,
+        after: Callable[[Row], None] = lambda row: None,
     ) -> Row:
         """Time cmd (a bash pipeline or an argv); peak RSS of its tree, or of `watch`'s.
         With repeat > 1 (rows that vary run to run), the row of the median run (by warm time
         where there is one) is kept, or with `mean` its times are the runs' means; every
-        run's time goes in extra["runs_s"].  before(i) runs, untimed, before run i; a
-        callable cmd is called with i."""
+        run's time goes in extra["runs_s"].  before(i) runs, untimed, before run i, and
+        after(row) after it (it may void the run: seconds None); a callable cmd is called
+        with i."""
         runs = []
         for i in range(repeat):
             before(i)
             argv = cmd(i) if callable(cmd) else cmd
             runs.append(self._run_once(group, name, argv, role, watch, env))
-        done = [r for r in runs if r.seconds is not None]
-        if len(done) < len(runs):
-            row = next(r for r in runs if r.seconds is None)
-        else:
-            done.sort(key=lambda r: r.warm_seconds if r.warm_seconds is not None else r.seconds)
-            row = done[len(done) // 2]
-        if repeat > 1 and row.seconds is not None:
+            if runs[-1].seconds is not None:
+                after(runs[-1])
+        row = self._keep(runs)
+        if repeat > 1 and row.seconds is not None:  # memory: the highest peak of any run
+            row.peak_mb = max(r.peak_mb for r in runs)
+            row.extra["peak_proc_mb"] = max(r.extra["peak_proc_mb"] for r in runs)
             row.extra["runs_s"] = [r.warm_seconds or r.seconds for r in runs]
             if mean:
                 row.seconds = statistics.fmean(r.seconds for r in runs)
@@ -173,6 +177,15 @@ class Bench:
             row.note = f"{row.note} {'mean' if mean else 'median'} of {repeat}".strip()
         self.rows.append(row)
         return row
+
+    @staticmethod
+    def _keep(runs: list[Row]) -> Row:
+        """The row a measurement keeps: a failed run if any (no figure), else the median."""
+        failed = [r for r in runs if r.seconds is None]
+        if failed:
+            return failed[0]
+        done = sorted(runs, key=lambda r: r.seconds if r.warm_seconds is None else r.warm_seconds)
+        return done[len(done) // 2]
 
     def _run_once(
         self,
@@ -210,12 +223,19 @@ class Bench:
             row.seconds -= result["waited_s"]
         return row
 
-    def timed(self, group: str, name: str, fn, note: str = "") -> Row:
-        """Time an in-process call (no memory figure: the work happens in a server)."""
-        print(f"-- {group}: {name}", flush=True)
-        start = time.monotonic()
-        fn()
-        row = Row(group, name, seconds=time.monotonic() - start, note=note)
+    def timed(self, group: str, name: str, fn, note: str = "", repeat: int = 1) -> Row:
+        """Time an in-process call (no memory figure: the work happens in a server); with
+        repeat > 1, the median run."""
+        runs = []
+        for _ in range(repeat):
+            print(f"-- {group}: {name}", flush=True)
+            start = time.monotonic()
+            fn()
+            runs.append(Row(group, name, seconds=time.monotonic() - start, note=note))
+        row = self._keep(runs)
+        if repeat > 1:
+            row.extra["runs_s"] = [r.seconds for r in runs]
+            row.note = f"{note}; median of {repeat}".lstrip("; ")
         self.rows.append(row)
         return row
 
@@ -299,8 +319,15 @@ def bench_mysql(b: Bench, s: Setup, cnf: Path) -> Path | None:
         "mariadb-dump --single-transaction | gzip",
         f"mariadb-dump {extra} --single-transaction --routines --triggers --events "
         f"{s.db} | gzip > {out}/dump.sql.gz",
+        repeat=REPEAT,
     )
-    b.run(g, "mydumper -t 2 -c", f"mydumper {extra} -t 2 -c -B {s.db} -o {out}/mydumper")
+    b.run(
+        g,
+        "mydumper -t 2 -c",
+        f"mydumper {extra} -t 2 -c -B {s.db} -o {out}/mydumper",
+        repeat=REPEAT,
+        before=lambda i: shutil.rmtree(out / "mydumper", ignore_errors=True),
+    )
     row = b.run(
         g,
         "ours: mysql.dump (parallel 2, zstd)",
@@ -315,6 +342,8 @@ def bench_mysql(b: Bench, s: Setup, cnf: Path) -> Path | None:
             id="bench",
         ),
         role="ours",
+        before=lambda i: fresh(out / "ours"),
+        repeat=REPEAT,
     )
     if row.seconds is None:
         return None
@@ -332,23 +361,31 @@ def bench_restore(b: Bench, s: Setup, cnf: Path, ours_dump: Path | None) -> None
             f"mariadb {extra} -e 'CREATE DATABASE `{into}`' && "
             f"gunzip -c {out}/dump.sql.gz | mariadb {extra} {into}",
             "peer",
+            1,  # in no target: not repeated
         ),
         (
             "myloader -t 2",
             f"myloader {extra} -t 2 -o -d {out}/mydumper -s {s.db} -B {into}",
             "peer",
+            REPEAT,
         ),
     ]
-    for name, cmd, role in steps:
+
+    def empty(i: int) -> None:
         drop_db(s.mysql, into)
-        _check_restore(b.run(g, name, cmd, role), s, into, expected)
+
+    def check(row: Row) -> None:
+        _check_restore(row, s, into, expected)
+
+    for name, cmd, role, repeat in steps:
+        b.run(g, name, cmd, role, repeat=repeat, before=empty, after=check)
     drop_db(s.mysql, into)
     if ours_dump is None:
         b.rows.append(
             Row(g, "ours: mysql.restore", note="not available: no dump of ours", role="ours")
         )
         return
-    row = b.run(
+    b.run(
         g,
         "ours: mysql.restore",
         ours_cmd(
@@ -362,8 +399,10 @@ def bench_restore(b: Bench, s: Setup, cnf: Path, ours_dump: Path | None) -> None
             into=into,
         ),
         role="ours",
+        repeat=REPEAT,
+        before=empty,
+        after=check,
     )
-    _check_restore(row, s, into, expected)
     drop_db(s.mysql, into)
 
 
@@ -426,7 +465,13 @@ def bench_redis(b: Bench, s: Setup) -> None:
                 client.bgsave()  # the fork is in progress once this returns
                 wait_saved(client)
 
-            b.timed(g, "BGSAVE (server-side, until written)", bgsave, "memory is the server's fork")
+            b.timed(
+                g,
+                "BGSAVE (server-side, until written)",
+                bgsave,
+                "memory is the server's fork",
+                repeat=REPEAT,
+            )
         row = b.run(
             g,
             "ours: redis.snapshot (live, zstd)",
@@ -496,7 +541,7 @@ def bench_redis_container(b: Bench, s: Setup, image: str) -> None:
                 f"persistence | grep -q 'rdb_bgsave_in_progress:0'; do sleep 0.01; done && "
                 f"docker cp {name}:/data/dump.rdb {out}/peer.rdb"
             ),
-            repeat=3,  # about a second each: a busy moment of the machine weighs much
+            repeat=REPEAT,
         )
         wait_saved(client)
         row = b.run(
@@ -504,7 +549,7 @@ def bench_redis_container(b: Bench, s: Setup, image: str) -> None:
             "ours: redis.snapshot (container, zstd)",
             ours_cmd("redis-snapshot", url=url, container=name, out=str(out / "ours"), id="bench"),
             role="ours",
-            repeat=3,
+            repeat=REPEAT,
         )
         note_read(row)
     finally:
@@ -537,8 +582,9 @@ def bench_uploads(b: Bench, s: Setup, run_label: str, worker: Worker | None) -> 
     if run_label == "first":
         shutil.rmtree(out / "restic", ignore_errors=True)
         subprocess.run(["restic", "init", "-q"], env=restic, check=True, stdout=subprocess.DEVNULL)
-        b.run(g, "tar czf", f"tar -C {mp} -czf {out}/up.tar.gz .")
-        b.run(g, "tar | zstd -T2", f"tar -C {mp} -cf - . | zstd -q -T2 -o {out}/up.tar.zst -f")
+        b.run(g, "tar czf", f"tar -C {mp} -czf {out}/up.tar.gz .", repeat=REPEAT)
+        tar_zstd = f"tar -C {mp} -cf - . | zstd -q -T2 -o {out}/up.tar.zst -f"
+        b.run(g, "tar | zstd -T2", tar_zstd, repeat=REPEAT)
     b.run(g, "restic backup", f"restic backup -q {mp}", env=restic)
     if run_label == "third":  # restic's run, and a backup from a producer already up
         worker.backup_resident(b, g, RESIDENT, "volumes")
@@ -624,7 +670,7 @@ class Worker:
             time.sleep(0.2)
         return self
 
-    def backup(self, b: Bench, group: str, name: str, only: str = "") -> Row:
+    def backup(self, b: Bench, group: str, name: str, only: str = "", repeat: int = 1) -> Row:
         """A backup through the queue; peak memory is the worker's whole process tree."""
         argv = [sys.executable, "-m", "producers.cli.main", "backup", "--reason", "bench"]
         row = b.run(
@@ -634,6 +680,7 @@ class Worker:
             role="ours",
             watch=[self.proc.pid],
             env=self.env,
+            repeat=repeat,
         )
         row.extra["worker_idle_mb"] = tree_rss([self.proc.pid])[0] / 2**20
         if row.seconds is not None:
@@ -685,7 +732,7 @@ def end_to_end(b: Bench, s: Setup, worker: Worker) -> Row:
     delay = client.config_get(name)[name]
     client.config_set(name, 0)
     try:
-        row = worker.backup(b, "end to end", "ours: full backup (worker, verified)")
+        row = worker.backup(b, "end to end", "ours: full backup (worker, verified)", repeat=REPEAT)
     finally:
         client.config_set(name, delay)
     row.extra["redis"] = f"live mode, {name} 0 (BGSAVE has no such wait)"

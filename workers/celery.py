@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 
 from workers.config import _secret
 
@@ -55,3 +55,11 @@ def _start_reaper(**_) -> None:
     from workers import reaper
 
     reaper.start()
+
+
+@worker_process_init.connect
+def _release_freed_memory(**_) -> None:
+    """Each process that runs steps gives freed buffers back (workers/memory.py)."""
+    from workers import memory
+
+    memory.release_freed_memory()
