@@ -70,13 +70,23 @@ def test_malformed_setting_names_the_variable(env, names):
         load(env)
 
 
-def test_cli_stops_before_enqueueing_on_bad_config(tmp_path):
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"XIEHE_MYSQL_PORT": "abc"},
+        # read by the Celery app as the verb's modules load
+        {"XIEHE_WORKER_MAX_MEMORY_MB": "1GB"},
+        {"XIEHE_LONGEST_RUN_SECONDS": "6h"},
+    ],
+)
+def test_cli_stops_before_enqueueing_on_bad_config(tmp_path, bad):
     env = {
         "PATH": "/usr/bin:/bin",
         "XIEHE_MYSQL_HOST": "db",
-        "XIEHE_MYSQL_PORT": "abc",
+        "XIEHE_MYSQL_PORT": "3306",
         "XIEHE_MYSQL_USER": "u",
         "XIEHE_BACKUP_DIR": str(tmp_path),
+        **bad,
     }
     proc = subprocess.run(
         [sys.executable, "-m", "producers.cli.main", "backup"],
@@ -87,4 +97,4 @@ def test_cli_stops_before_enqueueing_on_bad_config(tmp_path):
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "XIEHE_MYSQL_PORT" in lines[0]
+    assert len(lines) == 1 and next(iter(bad)) in lines[0], proc.stderr

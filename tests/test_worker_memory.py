@@ -8,12 +8,14 @@ child grew by about 20 MB a backup of the 0.5 GB bench set, up to 187 MB."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.cli import cli
 from workers import memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,3 +67,26 @@ def test_every_worker_process_applies_it(worker_factory, broker, tmp_path):
     worker = worker_factory(base_env(broker.url, tmp_path / "backups"), concurrency=2)
     log = worker.logfile.read_text()
     assert log.count("memory: blocks from 256 KiB are mmapped") == 2, log[-3000:]
+
+
+def test_a_pool_process_over_its_memory_bound_is_replaced_between_steps(stack, worker_factory):
+    """With a bound every pool process passes, each is replaced after each step: the runs
+    still complete and verify, the replacements get the memory fix too."""
+    st, env = stack
+    worker = worker_factory({**env, "XIEHE_WORKER_MAX_MEMORY_MB": "1"})
+    for _ in range(2):
+        proc = cli(env, "backup", "--reason", "test")
+        assert proc.returncode == 0, proc.stderr
+        assert "verified and published" in proc.stderr
+    log = worker.logfile.read_text()
+    # Each pool process logs the memory fix once, when it starts, under its own name.
+    started = set(re.findall(r"(ForkPoolWorker-\d+)\] memory: blocks from 256 KiB", log))
+    assert len(started) >= 2 * 9, log[-3000:]  # nine steps a backup, each in a new process
+
+
+def test_a_malformed_memory_bound_stops_the_worker_naming_it(worker_factory, broker, tmp_path):
+    from tests.conftest import base_env
+
+    env = {**base_env(broker.url, tmp_path / "backups"), "XIEHE_WORKER_MAX_MEMORY_MB": "1GB"}
+    with pytest.raises(RuntimeError, match="XIEHE_WORKER_MAX_MEMORY_MB: expected an integer"):
+        worker_factory(env)

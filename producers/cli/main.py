@@ -34,8 +34,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv[0] if argv else None).parse_args(argv)
-    try:
+    try:  # the verb's modules read settings as they load (the Celery app's among them)
+        args = build_parser(argv[0] if argv else None).parse_args(argv)
         return int(args.handler(args) or 0)
     except ConfigError as exc:
         print(f"xiehe-backup: configuration error: {exc}", file=sys.stderr)
