@@ -132,6 +132,23 @@ class Row:
     extra: dict = field(default_factory=dict)
 
 
+Command = str | list[str] | Callable[[int], str | list[str]]
+
+
+@dataclass
+class Contender:
+    """One thing measured: a bash pipeline or an argv (or a callable of the run's index
+    giving one), with what runs untimed before and after each run."""
+
+    name: str
+    cmd: Command
+    role: str = "peer"  # "peer" or "ours"
+    watch: list[int] | None = None
+    env: dict[str, str] | None = None
+    before: Callable[[int], None] = lambda i: None
+    after: Callable[[Row], None] = lambda row: None
+
+
 class Bench:
     """Runs the measurements and keeps their rows."""
 
@@ -143,7 +160,7 @@ class Bench:
         self,
         group: str,
         name: str,
-        cmd: str | list[str] | Callable[[int], str | list[str]],
+        cmd: Command,
         role: str = "peer",
         watch: list[int] | None = None,
         env: dict[str, str] | None = None,
@@ -158,15 +175,31 @@ class Bench:
         run's time goes in extra["runs_s"].  before(i) runs, untimed, before run i, and
         after(row) after it (it may void the run: seconds None); a callable cmd is called
         with i."""
-        runs = []
+        contender = Contender(name, cmd, role, watch, env, before, after)
+        return self.alternate(group, [contender], repeat, mean)[0]
+
+    def alternate(
+        self, group: str, contenders: list[Contender], repeat: int, mean: bool = False
+    ) -> list[Row]:
+        """As run(), for several contenders whose runs take turns (run i of each, then
+        run i + 1 of each): what drifts while they are measured, the machine or a server's
+        timer, falls on all of them alike.  Their rows, in order."""
+        runs: list[list[Row]] = [[] for _ in contenders]
         for i in range(repeat):
-            before(i)
-            argv = cmd(i) if callable(cmd) else cmd
-            runs.append(self._run_once(group, name, argv, role, watch, env))
-            if runs[-1].seconds is not None:
-                after(runs[-1])
+            for c, done in zip(contenders, runs, strict=True):
+                c.before(i)
+                argv = c.cmd(i) if callable(c.cmd) else c.cmd
+                done.append(self._run_once(group, c.name, argv, c.role, c.watch, c.env))
+                if done[-1].seconds is not None:
+                    c.after(done[-1])
+        rows = [self._summary(done, mean) for done in runs]
+        self.rows.extend(rows)
+        return rows
+
+    def _summary(self, runs: list[Row], mean: bool) -> Row:
+        """One row for a contender's runs (see run())."""
         row = self._keep(runs)
-        if repeat > 1 and row.seconds is not None:  # memory: the highest peak of any run
+        if len(runs) > 1 and row.seconds is not None:  # memory: the highest peak of any run
             row.peak_mb = max(r.peak_mb for r in runs)
             row.extra["peak_proc_mb"] = max(r.extra["peak_proc_mb"] for r in runs)
             row.extra["runs_s"] = [r.warm_seconds or r.seconds for r in runs]
@@ -174,8 +207,7 @@ class Bench:
                 row.seconds = statistics.fmean(r.seconds for r in runs)
                 if row.warm_seconds is not None:
                     row.warm_seconds = statistics.fmean(r.warm_seconds for r in runs)
-            row.note = f"{row.note} {'mean' if mean else 'median'} of {repeat}".strip()
-        self.rows.append(row)
+            row.note = f"{row.note} {'mean' if mean else 'median'} of {len(runs)}".strip()
         return row
 
     @staticmethod
@@ -438,7 +470,10 @@ def bench_redis(b: Bench, s: Setup) -> None:
     # our call after its imports), and its row is their mean.  The grid is shifted by a
     # random fraction of a step: on a fixed grid, where the wait's jump falls between
     # the points (it moves with how long a contender takes to connect) biased the mean by
-    # up to half a step, for or against either contender.
+    # up to half a step, for or against either contender.  The two take turns phase by
+    # phase: the master's timer drifts against the wall clock, and one contender's eight
+    # runs in a row waited 0.17 s longer on average than the same eight just before
+    # (which, one contender after the other, counted against the second).
     shift = random.random() / PHASES
     for g, save, repeat in (("redis", PRODUCT_SAVE, 1), ("redis, no save", "", PHASES)):
         client.config_set("save", save)
@@ -456,9 +491,11 @@ def bench_redis(b: Bench, s: Setup) -> None:
             dest = str(fresh(out / "ours"))
             return ours_cmd("redis-snapshot", url=s.redis.url, out=dest, id="b", start_phase=phase)
 
-        cli = f"redis-cli -p {s.redis.port} --rdb {out}/cli.rdb"
-        b.run(g, "redis-cli --rdb", cli, repeat=repeat, before=at_phase, mean=True)
+        cli_cmd = f"redis-cli -p {s.redis.port} --rdb {out}/cli.rdb"
+        cli = Contender("redis-cli --rdb", cli_cmd, before=at_phase)
+        mine = Contender("ours: redis.snapshot (live, zstd)", ours, role="ours", before=saved)
         if save:
+            b.alternate(g, [cli], repeat)
             wait_saved(client)
 
             def bgsave() -> None:
@@ -472,15 +509,9 @@ def bench_redis(b: Bench, s: Setup) -> None:
                 "memory is the server's fork",
                 repeat=REPEAT,
             )
-        row = b.run(
-            g,
-            "ours: redis.snapshot (live, zstd)",
-            ours,
-            role="ours",
-            repeat=repeat,
-            before=saved,
-            mean=True,
-        )
+            row = b.alternate(g, [mine], repeat)[0]
+        else:
+            row = b.alternate(g, [cli, mine], repeat, mean=True)[1]
         note_read(row)
 
 
