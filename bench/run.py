@@ -181,12 +181,14 @@ class Bench:
     def alternate(
         self, group: str, contenders: list[Contender], repeat: int, mean: bool = False
     ) -> list[Row]:
-        """As run(), for several contenders whose runs take turns (run i of each, then
-        run i + 1 of each): what drifts while they are measured, the machine or a server's
-        timer, falls on all of them alike.  Their rows, in order."""
+        """As run(), for several contenders whose runs take turns, in the order A B, B A,
+        A B...: what drifts while they are measured, the machine or a server's timer, falls
+        on all of them alike, and going first or second in a turn too.  Their rows, in
+        order."""
         runs: list[list[Row]] = [[] for _ in contenders]
         for i in range(repeat):
-            for c, done in zip(contenders, runs, strict=True):
+            turn = list(zip(contenders, runs, strict=True))
+            for c, done in reversed(turn) if i % 2 else turn:
                 c.before(i)
                 argv = c.cmd(i) if callable(c.cmd) else c.cmd
                 done.append(self._run_once(group, c.name, argv, c.role, c.watch, c.env))
@@ -471,9 +473,10 @@ def bench_redis(b: Bench, s: Setup) -> None:
     # random fraction of a step: on a fixed grid, where the wait's jump falls between
     # the points (it moves with how long a contender takes to connect) biased the mean by
     # up to half a step, for or against either contender.  The two take turns phase by
-    # phase: the master's timer drifts against the wall clock, and one contender's eight
-    # runs in a row waited 0.17 s longer on average than the same eight just before
-    # (which, one contender after the other, counted against the second).
+    # phase, each going first in every other turn: the master's timer drifts later
+    # against the wall clock (about 4 ms a second here), so at the same phase the run
+    # made second waited 20-30 ms longer, and one contender's eight runs 0.17 s longer on
+    # average than the same eight just before.
     shift = random.random() / PHASES
     for g, save, repeat in (("redis", PRODUCT_SAVE, 1), ("redis, no save", "", PHASES)):
         client.config_set("save", save)
