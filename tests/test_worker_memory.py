@@ -72,7 +72,7 @@ def test_every_worker_process_applies_it(worker_factory, broker, tmp_path):
 def test_a_pool_process_over_its_memory_bound_is_replaced_between_steps(stack, worker_factory):
     """With a bound every pool process passes, each is replaced after each step: the runs
     still complete and verify, the replacements get the memory fix too."""
-    st, env = stack
+    _, env = stack
     worker = worker_factory({**env, "XIEHE_WORKER_MAX_MEMORY_MB": "1"})
     for _ in range(2):
         proc = cli(env, "backup", "--reason", "test")
