@@ -86,12 +86,12 @@ def _volume_archive(p: dict) -> dict:
 
 
 def _warm_producer() -> None:
-    """What a resident producer has done before: asked for a worker and sent a message
-    (the broker transport and the result backend are loaded on first use)."""
-    from producers.cli import common
+    """What a resident producer has done before: sent a message (the broker transport
+    and the result backend are loaded on first use)."""
     from workers.celery import app
 
-    common.require_worker()
+    with app.producer_or_acquire():  # the transport, as loaded by the first message sent
+        pass
     app.backend  # noqa: B018 - loads the backend, as the first message sent did
 
 

@@ -50,21 +50,21 @@ def enqueue(
     reason: str,
     check_worker: bool = True,
     backup_id: str | None = None,
-) -> str:
-    """Enqueue a backup run; return its id.  `backup_id` re-enqueues a reserved id."""
+) -> dict:
+    """Enqueue a backup run; return it.  `backup_id` re-enqueues a reserved id."""
     client = common.broker(settings)
-    if check_worker:
-        common.require_worker()
     backup_id = backup_id or workflows.reserve_id(client)
     run = workflows.new_backup_run(backup_id, kinds, skipped, reason)
+    if check_worker:
+        common.require_worker(client, workflows.queues(run, settings))
     workflows.signature(run, settings).apply_async()
-    return backup_id
+    return run
 
 
 def start_backup(settings: Settings, reason: str, only: str = "", check_worker: bool = True) -> str:
     """Select the configured kinds and enqueue a full backup; return its id."""
     kinds, skipped = select_kinds(settings, only)
-    return enqueue(settings, kinds, skipped, reason, check_worker)
+    return enqueue(settings, kinds, skipped, reason, check_worker)["id"]
 
 
 def outcome(client: redis.Redis, run_id: str) -> dict | None:

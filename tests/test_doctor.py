@@ -152,3 +152,12 @@ def test_a_stopped_container_and_an_old_backup_fail(stack, docker_client, monkey
     make_backup(tree, datetime(2024, 1, 1, tzinfo=UTC), b"old")
     expect_failure(capsys, f"container {stack['container']}", "exited", "docker start")
     expect_failure(capsys, "last good backup", "h old (limit 1 h)", "xiehe-backup backup")
+
+
+def test_a_docker_host_without_its_worker_fails(stack, worker_factory, monkeypatch, capsys):
+    """The shared queue's worker answers, the Docker host's queue has none: volume steps
+    would wait forever, so doctor names that queue."""
+    worker_factory({**stack["env"], "XIEHE_QUEUE": "xt-shared"}, queues="xt-shared")
+    monkeypatch.setenv("XIEHE_QUEUE", "xt-shared")
+    monkeypatch.setenv("XIEHE_DOCKER_QUEUE", "xt-docker-host")
+    expect_failure(capsys, "worker", "no worker consumes queue xt-docker-host", "-Q QUEUE")

@@ -8,6 +8,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
 from workers.config import _int, _secret
+from workers.liveness import Announce
 
 BROKER_URL = _secret(os.environ, "XIEHE_BROKER_URL") or "redis://127.0.0.1:6379/0"
 LONGEST_RUN = _int(os.environ, "XIEHE_LONGEST_RUN_SECONDS", 6 * 3600, minimum=60)
@@ -40,14 +41,16 @@ app.conf.update(
     task_time_limit=LONGEST_RUN + 300,
     broker_connection_retry_on_startup=True,
     result_expires=30 * 24 * 3600,
-    result_extended=True,
-    task_track_started=True,
+    # No STARTED state: each step sets PROGRESS as it begins (workers/progress.py), and
+    # nothing reads a task's arguments back from the backend (Flower has them from events).
     task_send_sent_event=True,
     worker_send_task_events=True,
     worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_max_memory_per_child=MAX_POOL_PROCESS_MB * 1024 or None,  # KiB
     timezone=os.environ.get("XIEHE_TIMEZONE") or os.environ.get("TZ") or "UTC",
 )
+
+app.steps["consumer"].add(Announce)  # which queues this worker takes (workers/liveness.py)
 
 # The beat schedule (redbeat, profile, overrides) is read from the environment there.
 from workers.schedule import configure  # noqa: E402

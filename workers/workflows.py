@@ -168,6 +168,11 @@ def queue_for(step: str, run: dict, settings: Settings) -> str:
     return settings.docker_queue if docker else settings.queue
 
 
+def queues(run: dict, settings: Settings) -> list[str]:
+    """The queues whose workers the run's steps need."""
+    return sorted({queue_for(name, run, settings) for name in run["plan"]})
+
+
 def signature(run: dict, settings: Settings):
     """The Celery chain of a run: each step a task on its queue, the run passed along; a
     stage of several steps is a group, whose copies of the run the next step joins."""

@@ -7,6 +7,7 @@ import sys
 
 from producers.cli import common
 from producers.runs import enqueue, select_kinds
+from workers import workflows
 
 
 def register(sub) -> None:
@@ -22,12 +23,13 @@ def run(args: argparse.Namespace) -> int:
     kinds, skipped = select_kinds(settings, args.only)
     for kind, why in skipped.items():
         print(f"skipping {kind}: {why}", file=sys.stderr)
-    backup_id = enqueue(settings, kinds, skipped, args.reason)
+    run = enqueue(settings, kinds, skipped, args.reason)
+    backup_id = run["id"]
     if args.detach:
         print(backup_id)
         return 0
     print(f"backup {backup_id} enqueued ({', '.join(kinds)})", file=sys.stderr)
-    state = common.follow(common.broker(settings), backup_id)
+    state = common.follow(common.broker(settings), backup_id, workflows.queues(run, settings))
     if state.get("status") != "succeeded":
         print(
             f"backup {backup_id} failed in {state.get('step')}: {state.get('error')}",

@@ -6,10 +6,8 @@ import sys
 import time
 
 import redis
-from kombu.exceptions import KombuError
 
-from workers import config
-from workers.celery import app
+from workers import config, liveness
 from workers.config import Settings
 from workers.errors import BackupError
 from workers.offsite import settings as offsite_settings
@@ -49,32 +47,40 @@ def broker(s: Settings) -> redis.Redis:
     return client
 
 
-def workers_alive(timeout: float = 3.0) -> bool | None:
-    """Whether any worker answers a ping; None when the broker cannot be asked right now."""
+def unserved(client: redis.Redis, queues: list[str]) -> list[str] | None:
+    """The queues no live worker consumes (workers/liveness.py); None when the broker
+    cannot be asked right now."""
     try:
-        return bool(app.control.ping(timeout=timeout, limit=1))  # the first reply is enough
-    except (redis.RedisError, OSError, KombuError):
+        return liveness.unserved(client, queues)
+    except redis.RedisError:
         return None
 
 
-def require_worker(timeout: float = 3.0) -> None:
-    if not workers_alive(timeout):
-        raise BackupError(
-            "no xiehe-backup worker is running: start one with `celery -A workers worker` "
-            "(nothing was enqueued)"
-        )
+def _no_worker(queues: list[str]) -> str:
+    return (
+        f"no xiehe-backup worker is running on queue {', '.join(queues)}: start one with "
+        f"`celery -A workers worker -Q {','.join(queues)}`"
+    )
 
 
-def follow(client: redis.Redis, run_id: str, out=sys.stderr) -> dict:
-    """Show a run's progress until it ends; return its final progress record."""
+def require_worker(client: redis.Redis, queues: list[str]) -> None:
+    """Refuse a run that no worker would take: each of its queues needs a live worker."""
+    missing = liveness.unserved(client, queues)
+    if missing:
+        raise BackupError(f"{_no_worker(missing)} (nothing was enqueued)")
+
+
+def follow(client: redis.Redis, run_id: str, queues: list[str], out=sys.stderr) -> dict:
+    """Show a run's progress until it ends; return its final progress record.  `queues`:
+    those of the run's steps, whose workers are asked for after a silence."""
     ending = EndSignal(client, run_id)
     try:
-        return _follow(client, run_id, out, ending)
+        return _follow(client, run_id, queues, out, ending)
     finally:
         ending.close()
 
 
-def _follow(client: redis.Redis, run_id: str, out, ending: EndSignal) -> dict:
+def _follow(client: redis.Redis, run_id: str, queues: list[str], out, ending: EndSignal) -> dict:
     live = out.isatty()
     last_line, last_change, last_seen = "", time.monotonic(), None
     shown: set[str] = set()  # a log gets one line per step, also when steps run side by side
@@ -96,10 +102,11 @@ def _follow(client: redis.Redis, run_id: str, out, ending: EndSignal) -> dict:
                 print(file=out)
             return state
         if time.monotonic() - last_change > SILENCE_CHECK:
-            if workers_alive() is False:  # None: the broker is restarting, ask again later
+            missing = unserved(client, queues)  # None: the broker is restarting, ask later
+            if missing:
                 raise BackupError(
-                    f"run {run_id}: no worker is alive; it stays queued and resumes when a "
-                    "worker starts (`celery -A workers worker`)"
+                    f"run {run_id}: {_no_worker(missing)}; the run stays queued and resumes "
+                    "when one starts"
                 )
             last_change = time.monotonic()
         ending.wait(POLL)

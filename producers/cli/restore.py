@@ -82,17 +82,18 @@ def run(args: argparse.Namespace) -> int:
         print("not confirmed; nothing was done", file=sys.stderr)
         return 1
     client = common.broker(settings)
-    common.require_worker()
     run_id = workflows.reserve_id(client, prefix="restore-")
     restore_run = workflows.new_restore_run(
         run_id, args.id, kinds_of(artifacts), only, plan, from_remote=args.remote
     )
+    queues = workflows.queues(restore_run, settings)
+    common.require_worker(client, queues)
     workflows.signature(restore_run, settings).apply_async()
     if args.detach:
         print(run_id)
         return 0
     print(f"restore run {run_id} of backup {args.id} enqueued", file=sys.stderr)
-    state = common.follow(client, run_id)
+    state = common.follow(client, run_id, queues)
     if state.get("status") != "succeeded":
         print(
             f"restore {run_id} FAILED in {state.get('step')}: {state.get('error')}", file=sys.stderr

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import redis
 
+from workers import liveness
 from workers.config import Settings
 from workers.errors import TargetError
 from workers.offsite import catalog
@@ -175,8 +176,8 @@ def _broker_checks(settings: Settings) -> list[dict]:
         broker,
         _run(
             "worker",
-            "start a worker: `celery -A workers worker -l info`",
-            lambda: _worker(settings),
+            "start a worker on each queue: `celery -A workers worker -Q QUEUE`",
+            lambda: _worker(client, settings),
         ),
         _run(
             "beat",
@@ -186,22 +187,14 @@ def _broker_checks(settings: Settings) -> list[dict]:
     ]
 
 
-def _worker(settings: Settings) -> str:
-    # A probe app on the configured broker: the shared app is bound to the broker of the
-    # environment it was imported in, and ping ignores a connection passed to it.
-    from celery import Celery
-
-    from workers.celery import app
-
-    probe = Celery("xiehe-doctor", broker=settings.broker_url)
-    probe.conf.update({k: v for k, v in app.conf.items() if k.startswith("control_")})
-    try:
-        replies = probe.control.ping(timeout=3.0)
-    finally:
-        probe.close()
-    if not replies:
-        _fail("no worker answered a ping within 3 s")
-    return f"{len(replies)} worker(s): {', '.join(sorted(k for r in replies for k in r))}"
+def _worker(client: redis.Redis, settings: Settings) -> str:
+    """A live worker on the shared queue and on the Docker host's (workers/liveness.py)."""
+    heard = liveness.consumers(client, [settings.queue, settings.docker_queue])
+    missing = [queue for queue, names in heard.items() if not names]
+    if missing:
+        queues = ", ".join(missing)
+        _fail(f"no worker consumes queue {queues} (none heard within {liveness.STALE} s)")
+    return "; ".join(f"queue {queue}: {', '.join(names)}" for queue, names in heard.items())
 
 
 def beat_lock_key() -> str:

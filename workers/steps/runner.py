@@ -150,7 +150,9 @@ def _execute(
     run["steps"][name] = record
     run["status"] = "running"
     ctx.tree.ensure()
-    journal.save(ctx.tree, run)
+    # Not made durable: lost with a crash, the step only looks not started yet, and its
+    # message, delivered again, runs it (the end of each step is made durable below).
+    journal.save(ctx.tree, run, durable=False)
     started = time.monotonic()
     try:
         # A step delivered late (its worker died) takes back its expired locks, or stops

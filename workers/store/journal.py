@@ -62,14 +62,15 @@ def _locked(directory: Path) -> Iterator[None]:
         os.close(fd)  # which releases the lock
 
 
-def save(tree: Tree, run: dict) -> dict:
-    """Merge `run` into its journal; return what the journal now says."""
+def save(tree: Tree, run: dict, durable: bool = True) -> dict:
+    """Merge `run` into its journal; return what the journal now says.  `durable=False`
+    for a record a crash may lose (atomic.write_text)."""
     path = tree.journal(run["id"])
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with _locked(path.parent):
         current = _read(path)
         merged = merge(current, run) if current else run
-        atomic.write_json(path, merged)
+        atomic.write_json(path, merged, durable)
     return merged
 
 
