@@ -110,6 +110,8 @@ def test_endpoint_reads_the_tree_on_every_scrape(endpoint):
     age = time.time() - GOOD_AT.timestamp()
     assert abs(got[("xiehe_backup_last_good_age_seconds",)] - age) < 60
     assert ("xiehe_backup_rpo_seconds",) not in got  # no binlog archiver ran
+    assert got[("xiehe_backup_broker_up",)] == 0  # the fixture's broker is a closed port
+    assert not [key for key in got if key[0] == "xiehe_backup_workers"]
 
     newer = datetime.now(UTC).replace(microsecond=0)
     make_backup(tree, newer, b"rdb")
@@ -147,3 +149,27 @@ def test_offsite_copies_from_the_local_records(tmp_path):
         finished
     )
     assert got[("xiehe_backup_offsite_local_only", ("remote", "dr"))] == 1
+
+
+def test_endpoint_counts_the_live_workers_of_each_queue(broker, worker_factory, tmp_path):
+    """The Docker host's queue has no worker: its gauge is 0 (the alert to raise), the
+    shared queue's is 1; once that worker stops, 0 at once."""
+    env = base_env(broker.url, tmp_path / "backups")
+    env.update(XIEHE_QUEUE="xt-metrics-shared", XIEHE_DOCKER_QUEUE="xt-metrics-docker")
+    worker = worker_factory(env, queues="xt-metrics-shared")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "producers.cli.main", "metrics", "--port", str(port)], env=env
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        got = samples(scrape(url, time.monotonic() + 30))
+        assert got[("xiehe_backup_broker_up",)] == 1
+        assert got[("xiehe_backup_workers", ("queue", "xt-metrics-shared"))] == 1
+        assert got[("xiehe_backup_workers", ("queue", "xt-metrics-docker"))] == 0
+        worker.stop()
+        got = samples(scrape(url, time.monotonic() + 5))
+        assert got[("xiehe_backup_workers", ("queue", "xt-metrics-shared"))] == 0
+    finally:
+        proc.terminate()
+        proc.wait(30)

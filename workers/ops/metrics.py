@@ -14,9 +14,11 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 
+import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from workers import liveness
 from workers.config import Settings
 from workers.store import atomic, journal
 from workers.store import manifest as manifests
@@ -125,6 +127,29 @@ def binlog_rpo(settings: Settings) -> float | None:
         return None
 
 
+def _worker_families(settings: Settings) -> Iterator:
+    """Whether the broker answers, and the live workers on each queue a run needs (an
+    alert on 0 catches a Docker host whose worker is down before a backup waits on it)."""
+    client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        heard = liveness.consumers(client, [settings.queue, settings.docker_queue])
+    except redis.RedisError as exc:
+        log.warning("workers not counted: broker unreachable: %s", exc)
+        yield _gauge("broker_up", "whether the queue's Redis answered this scrape", 0)
+        return
+    finally:
+        client.close()
+    yield _gauge("broker_up", "whether the queue's Redis answered this scrape", 1)
+    workers = GaugeMetricFamily(
+        PREFIX + "workers",
+        f"workers consuming this queue, heard within {liveness.STALE} s",
+        labels=["queue"],
+    )
+    for queue, names in heard.items():
+        workers.add_metric([queue], len(names))
+    yield workers
+
+
 class TreeCollector:
     """Reads the tree on each collect(); `settings` adds the scrape-time figures."""
 
@@ -146,6 +171,7 @@ class TreeCollector:
         rpo = binlog_rpo(self.settings)
         if rpo is not None:
             yield _gauge("rpo_seconds", "seconds of commits not yet in the binlog archive", rpo)
+        yield from _worker_families(self.settings)
 
 
 def registry(tree: Tree, settings: Settings | None = None) -> CollectorRegistry:
