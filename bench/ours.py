@@ -100,10 +100,12 @@ def _backup_queued(p: dict) -> dict:
     gate (producers.client) and the beat schedule enqueue theirs: no interpreter start."""
     from producers import runs
     from producers.cli import common
+    from workers import workflows
 
     settings = common.settings()
-    backup_id = runs.start_backup(settings, "bench", only=p["only"])
-    state = runs.wait(common.broker(settings), backup_id, 3600)
+    run = runs.start_backup(settings, "bench", only=p["only"])
+    backup_id = run["id"]
+    state = runs.wait(common.broker(settings), backup_id, 3600, workflows.queues(run, settings))
     if not state or state.get("status") != "succeeded":
         raise SystemExit(f"backup {backup_id} did not succeed: {state}")
     return {"id": backup_id}

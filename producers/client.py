@@ -17,6 +17,7 @@ from workers import config
 from workers.errors import BackupError, NotFound
 from workers.store import manifest as manifests
 from workers.store.layout import Tree
+from workers.workflows import queues
 
 
 class MigrationGateError(Exception):
@@ -36,8 +37,9 @@ def backup_before_migration(name: str, timeout: float = 3600.0) -> str:
     settings = config.load()
     reason = f"pre-migration {name}"
     try:
-        backup_id = runs.start_backup(settings, reason)
-        state = runs.wait(common.broker(settings), backup_id, timeout)
+        run = runs.start_backup(settings, reason)
+        backup_id = run["id"]
+        state = runs.wait(common.broker(settings), backup_id, timeout, queues(run, settings))
     except BackupError as exc:
         raise BackupFailed(f"{reason}: the backup could not run: {exc}") from exc
     if state is None:

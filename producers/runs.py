@@ -61,10 +61,12 @@ def enqueue(
     return run
 
 
-def start_backup(settings: Settings, reason: str, only: str = "", check_worker: bool = True) -> str:
-    """Select the configured kinds and enqueue a full backup; return its id."""
+def start_backup(
+    settings: Settings, reason: str, only: str = "", check_worker: bool = True
+) -> dict:
+    """Select the configured kinds and enqueue a full backup; return the run."""
     kinds, skipped = select_kinds(settings, only)
-    return enqueue(settings, kinds, skipped, reason, check_worker)["id"]
+    return enqueue(settings, kinds, skipped, reason, check_worker)
 
 
 def outcome(client: redis.Redis, run_id: str) -> dict | None:
@@ -73,17 +75,20 @@ def outcome(client: redis.Redis, run_id: str) -> dict | None:
     return state if state.get("status") in ENDED else None
 
 
-def wait(client: redis.Redis, run_id: str, timeout: float) -> dict | None:
-    """Wait for the run to end; its final record, or None when `timeout` seconds passed."""
+def wait(client: redis.Redis, run_id: str, timeout: float, queues: list[str]) -> dict | None:
+    """Wait for the run to end; its final record, or None when `timeout` seconds passed.
+    BackupError when a queue of the run (`queues`) has no worker left (common.Watchdog)."""
     deadline = time.monotonic() + timeout
     ending = EndSignal(client, run_id)
+    watchdog = common.Watchdog(client, run_id, queues)
     try:
         while True:
-            state = outcome(client, run_id)
-            if state is not None:
+            state = read_progress(client, run_id)
+            if state.get("status") in ENDED:
                 return state
             if time.monotonic() >= deadline:
                 return None
+            watchdog.check(state)
             ending.wait(min(POLL, max(deadline - time.monotonic(), 0.01)))
     finally:
         ending.close()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +73,23 @@ def test_raises_on_timeout_and_without_a_worker(env, worker_factory):
     worker_factory(env)
     result = gate(env, "0045_slow", timeout=0.5)
     assert result["error"] == "BackupTimeout" and "did not finish within" in result["message"]
+
+
+def test_a_hung_worker_fails_the_gate_long_before_its_timeout(env, worker_factory):
+    """The only worker freezes (SIGSTOP) just after the gate's check found it: the run
+    makes no progress and the worker stops announcing itself, so after the silence the
+    gate says no worker takes the run, instead of holding the migration until its timeout."""
+    worker = worker_factory(env)
+    os.killpg(worker.proc.pid, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        result = gate(env, "0046_hung", timeout=90)
+    finally:
+        os.killpg(worker.proc.pid, signal.SIGCONT)
+    assert result["error"] == "BackupFailed", result
+    assert "no xiehe-backup worker is running on queue" in result["message"]
+    assert "the run stays queued" in result["message"]  # found by the wait, not at the start
+    assert time.monotonic() - started < 80  # the gate's own timeout would give up at 90 s
 
 
 def test_seed_scripts_wrap_the_cli(env, worker_factory, tmp_path):

@@ -109,7 +109,7 @@ def configure(app: Celery, env: Mapping[str, str]) -> None:
 def scheduled_backup() -> str:
     from producers import runs
 
-    backup_id = runs.start_backup(config.load(), reason="scheduled", check_worker=False)
+    backup_id = runs.start_backup(config.load(), reason="scheduled", check_worker=False)["id"]
     log.info("scheduled backup %s enqueued", backup_id)
     return backup_id
 

@@ -82,14 +82,12 @@ def follow(client: redis.Redis, run_id: str, queues: list[str], out=sys.stderr) 
 
 def _follow(client: redis.Redis, run_id: str, queues: list[str], out, ending: EndSignal) -> dict:
     live = out.isatty()
-    last_line, last_change, last_seen = "", time.monotonic(), None
+    last_line, watchdog = "", Watchdog(client, run_id, queues)
     shown: set[str] = set()  # a log gets one line per step, also when steps run side by side
     while True:
         state = _read_through_restarts(client, run_id, out)
         status = state.get("status", "queued")
         line = _render(state)
-        if state.get("updated_at") != last_seen:
-            last_seen, last_change = state.get("updated_at"), time.monotonic()
         if line != last_line:
             if live:
                 print("\r\033[K" + line, end="", file=out, flush=True)
@@ -101,15 +99,30 @@ def _follow(client: redis.Redis, run_id: str, queues: list[str], out, ending: En
             if live:
                 print(file=out)
             return state
-        if time.monotonic() - last_change > SILENCE_CHECK:
-            missing = unserved(client, queues)  # None: the broker is restarting, ask later
+        watchdog.check(state)
+        ending.wait(POLL)
+
+
+class Watchdog:
+    """Asks for the run's workers once its progress has been silent SILENCE_CHECK seconds:
+    a run whose queue lost its last worker would otherwise be waited for until a timeout."""
+
+    def __init__(self, client: redis.Redis, run_id: str, queues: list[str]) -> None:
+        self.client, self.run_id, self.queues = client, run_id, queues
+        self.seen, self.since = None, time.monotonic()
+
+    def check(self, state: dict) -> None:
+        """BackupError once a queue of the run has had no worker after such a silence."""
+        if state.get("updated_at") != self.seen:
+            self.seen, self.since = state.get("updated_at"), time.monotonic()
+        elif time.monotonic() - self.since > SILENCE_CHECK:
+            missing = unserved(self.client, self.queues)  # None: the broker is restarting
             if missing:
                 raise BackupError(
-                    f"run {run_id}: {_no_worker(missing)}; the run stays queued and resumes "
-                    "when one starts"
+                    f"run {self.run_id}: {_no_worker(missing)}; the run stays queued and "
+                    "resumes when one starts"
                 )
-            last_change = time.monotonic()
-        ending.wait(POLL)
+            self.since = time.monotonic()
 
 
 def _read_through_restarts(client: redis.Redis, run_id: str, out) -> dict:
