@@ -74,7 +74,7 @@ def test_malformed_setting_names_the_variable(env, names):
     "bad",
     [
         {"XIEHE_MYSQL_PORT": "abc"},
-        # read by the Celery app as the verb's modules load
+        # the Celery app's own settings, refused by config.load() before anything
         {"XIEHE_WORKER_MAX_MEMORY_MB": "1GB"},
         {"XIEHE_LONGEST_RUN_SECONDS": "6h"},
     ],

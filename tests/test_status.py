@@ -39,7 +39,9 @@ def test_a_waiting_run_then_its_recent_record(stack, worker_factory, broker):
     """A backup waits in preflight for a lock another run holds: status shows it running
     there; once it ends, it is among the recent runs with every step's duration."""
     _, env = stack
-    worker_factory(env)
+    worker = worker_factory(env)
+    heard = status(env)["workers"]
+    assert [name.split("@")[0] for name in heard["xiehe-backup"]] == [worker.name.split("@")[0]]
     held = locks.acquire(
         broker.client(), [redis_lock(config.load(env))], "xt-holder", ttl=120, wait=0
     )

@@ -7,16 +7,15 @@ import os
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
-from workers.config import _int, _secret
+from workers.config import _secret, worker_limits
 from workers.liveness import Announce
 
 BROKER_URL = _secret(os.environ, "XIEHE_BROKER_URL") or "redis://127.0.0.1:6379/0"
-LONGEST_RUN = _int(os.environ, "XIEHE_LONGEST_RUN_SECONDS", 6 * 3600, minimum=60)
 # A pool process peaks at 100-170 MB in a backup of the 0.5 GB bench set, whatever its size.
 # One whose peak passed the bound is replaced once its step has ended: a leak in any library
 # cannot grow a long-lived worker without bound (a backstop: the steps' own buffers are given
 # back, workers/memory.py).  0: never replaced.
-MAX_POOL_PROCESS_MB = _int(os.environ, "XIEHE_WORKER_MAX_MEMORY_MB", 1024)
+LONGEST_RUN, MAX_POOL_PROCESS_MB = worker_limits(os.environ)
 
 app = Celery(
     "xiehe_backup",

@@ -161,9 +161,19 @@ def _redis(env: Mapping[str, str]) -> RedisSettings | None:
     )
 
 
+def worker_limits(env: Mapping[str, str]) -> tuple[int, int]:
+    """The Celery app's own settings: (the longest run in seconds, the memory bound of a pool
+    process in MB, 0 for none)."""
+    return (
+        _int(env, "XIEHE_LONGEST_RUN_SECONDS", 6 * 3600, minimum=60),
+        _int(env, "XIEHE_WORKER_MAX_MEMORY_MB", 1024),
+    )
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting; raise ConfigError naming the first bad one."""
     env = os.environ if env is None else env
+    worker_limits(env)  # read by the Celery app as it loads; refused here first, by any command
     compression = env.get("XIEHE_COMPRESSION", "zstd").strip().lower() or "zstd"
     if compression not in COMPRESSIONS:
         raise ConfigError(f"XIEHE_COMPRESSION: expected one of {', '.join(COMPRESSIONS)}")

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 import redis
 
 from producers.cli import common
-from workers import progress
+from workers import liveness, progress
+from workers.config import Settings
 from workers.errors import NotFound
 from workers.ops.health import last_good_age_hours
 from workers.ops.metrics import binlog_rpo
@@ -101,6 +102,16 @@ def _broker_or_none(settings) -> redis.Redis | None:
         return None
 
 
+def _workers(client: redis.Redis | None, settings: Settings) -> dict[str, list[str]] | None:
+    """The live workers of the shared and the Docker host's queue; None without a broker."""
+    if client is None:
+        return None
+    try:
+        return liveness.consumers(client, [settings.queue, settings.docker_queue])
+    except redis.RedisError:
+        return None
+
+
 def print_run(view: dict) -> None:
     hb = common.human_bytes
     print(
@@ -129,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             print_run(view)
         return 0
     result = collect(tree, client, args.recent, binlog_rpo(settings))
+    result["workers"] = _workers(client, settings)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return 0
@@ -141,6 +153,9 @@ def run(args: argparse.Namespace) -> int:
     )
     rpo = result["rpo_seconds"]
     print(f"RPO now:          {'-' if rpo is None else f'{rpo:.0f} s'} ({result['rpo_source']})")
+    workers = result["workers"]
+    heard = "; ".join(f"queue {q}: {', '.join(names) or 'NONE'}" for q, names in workers.items())
+    print(f"workers:          {heard if workers is not None else 'unknown (broker unreachable)'}")
     for title, views in (("running", result["running"]), ("recent", result["recent"])):
         print(f"\n{title} runs:" if views else f"\nno {title} runs")
         for view in views:
