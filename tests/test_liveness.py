@@ -69,3 +69,22 @@ def test_staleness_is_judged_on_the_broker_clock(broker):
     assert liveness.consumers(client, ["xl-clock"]) == {"xl-clock": ["fresh@h"]}
     client.zadd(liveness.key("xl-clock"), {"fresh@h": server_now - liveness.STALE - 1})
     assert liveness.unserved(client, ["xl-clock"]) == ["xl-clock"]
+
+
+def test_a_queue_dropped_at_runtime_is_withdrawn(stack, broker, worker_factory):
+    """`celery control cancel_consumer`: the worker stops taking that queue, and says so
+    at its next announcement; its other queue stays served."""
+    from celery import Celery
+
+    _, env = stack
+    client = broker.client()
+    worker_factory(env, queues="xl-keep,xl-drop")
+    assert liveness.unserved(client, ["xl-keep", "xl-drop"]) == []
+    (name,) = liveness.consumers(client, ["xl-drop"])["xl-drop"]
+    control = Celery("xl-control", broker=broker.url)
+    try:
+        assert control.control.cancel_consumer("xl-drop", destination=[name], reply=True)
+    finally:
+        control.close()
+    _wait_unserved(client, "xl-drop", within=3 * liveness.EVERY)
+    assert liveness.unserved(client, ["xl-keep"]) == []

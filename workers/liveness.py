@@ -98,11 +98,14 @@ class Announce(bootsteps.StartStopStep):
         self.timer_ref = parent.timer.call_repeatedly(EVERY, self._beat, (parent,))
 
     def _beat(self, parent) -> None:
+        client = self.client
+        if client is None:  # stopped while the timer fired
+            return
         queues = sorted(q.name for q in parent.task_consumer.queues)
         try:
             if set(queues) != set(self.queues):  # a queue dropped at runtime (cancel_consumer)
-                withdraw(self.client, set(self.queues) - set(queues), parent.hostname)
-            announce(self.client, queues, parent.hostname)
+                withdraw(client, set(self.queues) - set(queues), parent.hostname)
+            announce(client, queues, parent.hostname)
             self.queues = queues
         except redis.RedisError as exc:
             log.debug("queues not announced: %s", exc)
