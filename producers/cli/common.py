@@ -65,7 +65,9 @@ def _no_worker(queues: list[str]) -> str:
 
 def require_worker(client: redis.Redis, queues: list[str]) -> None:
     """Refuse a run that no worker would take: each of its queues needs a live worker."""
-    missing = liveness.unserved(client, queues)
+    missing = unserved(client, queues)
+    if missing is None:
+        raise BackupError("broker: the queue's Redis did not answer (nothing was enqueued)")
     if missing:
         raise BackupError(f"{_no_worker(missing)} (nothing was enqueued)")
 
