@@ -69,6 +69,10 @@ class Settings:
     queue: str  # the shared queue: database steps, verification, publishing
     docker_queue: str  # the queue of the worker on the Docker host that holds the volumes
 
+    def queues(self) -> list[str]:
+        """Every queue this deployment's runs use: the shared one, the Docker host's."""
+        return list(dict.fromkeys((self.queue, self.docker_queue)))
+
     def kinds(self) -> tuple[str, ...]:
         """The kinds of target configured, in backup order."""
         out = []

@@ -107,7 +107,7 @@ def _workers(client: redis.Redis | None, settings: Settings) -> dict[str, list[s
     if client is None:
         return None
     try:
-        return liveness.consumers(client, [settings.queue, settings.docker_queue])
+        return liveness.consumers(client, settings.queues())
     except redis.RedisError:
         return None
 

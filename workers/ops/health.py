@@ -189,7 +189,7 @@ def _broker_checks(settings: Settings) -> list[dict]:
 
 def _worker(client: redis.Redis, settings: Settings) -> str:
     """A live worker on the shared queue and on the Docker host's (workers/liveness.py)."""
-    heard = liveness.consumers(client, [settings.queue, settings.docker_queue])
+    heard = liveness.consumers(client, settings.queues())
     missing = [queue for queue, names in heard.items() if not names]
     if missing:
         queues = ", ".join(missing)

@@ -132,7 +132,7 @@ def _worker_families(settings: Settings) -> Iterator:
     alert on 0 catches a Docker host whose worker is down before a backup waits on it)."""
     client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=2)
     try:
-        heard = liveness.consumers(client, [settings.queue, settings.docker_queue])
+        heard = liveness.consumers(client, settings.queues())
     except redis.RedisError as exc:
         log.warning("workers not counted: broker unreachable: %s", exc)
         yield _gauge("broker_up", "whether the queue's Redis answered this scrape", 0)
