@@ -28,8 +28,11 @@ class _Flipping:
         self.seen += len(data)
         return self.sink.write(data)
 
-    def flush(self) -> None:
-        self.sink.flush()
+    def flush(self, *mode) -> None:
+        self.sink.flush(*mode)
+
+    def close(self) -> None:
+        self.sink.close()
 
 
 @pytest.fixture
@@ -50,6 +53,34 @@ def faulty_compressor(monkeypatch):
 
 def test_a_stream_that_does_not_decode_to_its_input_is_never_committed(tmp_path, faulty_compressor):
     wrong = pytest.raises(CorruptArtifact, match="the compressed stream is wrong")
+    with wrong, ArtifactWriter(tmp_path / "db.sql", Codec("zstd")) as writer:
+        writer.write(DUMP)
+        writer.commit()
+    assert list(tmp_path.iterdir()) == [], "neither the artifact nor its .partial is left"
+
+
+@pytest.fixture
+def misfed_compressor(monkeypatch):
+    """A compressor that encodes, faithfully, other bytes than it was given (one changed,
+    100 000 in): every frame it writes is sound and carries a correct checksum, so only
+    comparing the decoded stream with the input reveals it."""
+    real = zstandard.ZstdCompressor
+
+    class Misfed:
+        def __init__(self, **options) -> None:
+            self.real = real(**options)
+
+        def stream_writer(self, sink, closefd: bool = True):
+            inner = self.real.stream_writer(sink, closefd=closefd)
+            return _Flipping(inner, at=100_000)
+
+    monkeypatch.setattr(codec.zstandard, "ZstdCompressor", Misfed)
+
+
+def test_a_sound_stream_of_other_bytes_than_written_is_never_committed(
+    tmp_path, misfed_compressor
+):
+    wrong = pytest.raises(CorruptArtifact, match="decodes to other bytes than were written")
     with wrong, ArtifactWriter(tmp_path / "db.sql", Codec("zstd")) as writer:
         writer.write(DUMP)
         writer.commit()
