@@ -77,9 +77,7 @@ def misfed_compressor(monkeypatch):
     monkeypatch.setattr(codec.zstandard, "ZstdCompressor", Misfed)
 
 
-def test_a_sound_stream_of_other_bytes_than_written_is_never_committed(
-    tmp_path, misfed_compressor
-):
+def test_a_sound_stream_of_other_bytes_than_written_is_never_committed(tmp_path, misfed_compressor):
     wrong = pytest.raises(CorruptArtifact, match="decodes to other bytes than were written")
     with wrong, ArtifactWriter(tmp_path / "db.sql", Codec("zstd")) as writer:
         writer.write(DUMP)
