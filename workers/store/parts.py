@@ -21,9 +21,8 @@ import os
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import zstandard
 
@@ -44,8 +43,7 @@ LIST_NAME = "PARTS"
 _HEADER = "# name\tsize\tsha256\tplain_bytes\tplain_sha256\tmtime_ns\n"
 
 
-@dataclass(frozen=True, slots=True)
-class Part:
+class Part(NamedTuple):  # a tuple: made and copied once per file of a volume, cheaply
     name: str
     size: int
     sha256: str
@@ -338,7 +336,7 @@ class PartedWriter:
             raise CorruptArtifact(f"{source.name}/{part.name} was altered since it was written")
         name = part_name(len(self._parts))
         os.link(linked, f"{self.partial}/{name}")
-        self._parts.append(replace(part, name=name))
+        self._parts.append(part._replace(name=name))
         self._linked += 1
         return name
 
@@ -356,7 +354,7 @@ class PartedWriter:
                 written.append(self.partial / part.name)
             elif part.plain_bytes < 0:  # written here: its plaintext hash is the next cut
                 size, sha = next(cuts)
-                part = replace(part, plain_bytes=size, plain_sha256=sha)
+                part = part._replace(plain_bytes=size, plain_sha256=sha)
                 written.append(self.partial / part.name)
             parts.append(part)
         listing = (_HEADER + "".join(p.line() for p in parts)).encode()

@@ -9,11 +9,17 @@ packed here; every other entry goes through tarfile.  Both give the same bytes (
 
 from __future__ import annotations
 
+import struct
 import tarfile
+import zlib
 
 _SIMPLE_TYPES = frozenset({tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE})
-_CHECKSUM = slice(148, 156)
 _OCTAL_7, _OCTAL_11 = 8**7, 8**11
+# name, mode, uid, gid, size, mtime, checksum, type, linkname, magic; "s" pads with NULs,
+# and the rest (owner names, device numbers, prefix) stays zero.
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s")
+_BLANK_CHECKSUM = b"        "
+_PAD = bytes(tarfile.BLOCKSIZE - _USTAR.size)
 
 
 def header(info: tarfile.TarInfo) -> bytes:
@@ -23,25 +29,20 @@ def header(info: tarfile.TarInfo) -> bytes:
         name += "/"  # as tarfile writes a directory's name
     if not _simple(info, name):
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    block = bytearray(
-        b"".join(
-            (
-                name.encode("ascii").ljust(100, b"\0"),
-                b"%07o\0" % (info.mode & 0o7777),
-                b"%07o\0" % info.uid,
-                b"%07o\0" % info.gid,
-                b"%011o\0" % info.size,
-                b"%011o\0" % info.mtime,
-                b"        ",
-                info.type,
-                info.linkname.encode("ascii").ljust(100, b"\0"),
-                tarfile.POSIX_MAGIC,
-                bytes(64 + 16 + 155),  # owner names (empty), device numbers, prefix
-            )
-        ).ljust(tarfile.BLOCKSIZE, b"\0")
+    fields = (
+        name.encode("ascii"),
+        b"%07o" % (info.mode & 0o7777),
+        b"%07o" % info.uid,
+        b"%07o" % info.gid,
+        b"%011o" % info.size,
+        b"%011o" % info.mtime,
     )
-    block[_CHECKSUM] = b"%06o\0 " % sum(block)
-    return bytes(block)
+    head = _USTAR.pack(*fields, _BLANK_CHECKSUM, info.type, info.linkname.encode("ascii"),
+                       tarfile.POSIX_MAGIC)  # fmt: skip
+    # The checksum is the sum of the block's bytes.  Every byte here is ASCII, so that sum
+    # stays below 512 * 128 < 65521 and is adler32's low half minus its initial 1, in C.
+    checksum = b"%06o\0 " % ((zlib.adler32(head) & 0xFFFF) - 1)
+    return b"".join((head[:148], checksum, head[156:], _PAD))
 
 
 def _simple(info: tarfile.TarInfo, name: str) -> bool:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import BinaryIO
 
@@ -74,6 +75,15 @@ FETCH_COST = 8 << 20
 OWN_PART = 64 << 10  # a file this big gets a part file of its own, linked while unchanged
 HELD_HEADERS = 1 << 20  # headers held for the next part at most, then written to a shared one
 _MANIFEST_ENCODE = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode  # made once
+# The same lines, filled in three times faster, for the entries a volume is made of (its
+# root, without an mtime, goes through the encoder): [path, entry], keys in sorted order.
+_HEAD = '[%s, {"gid": %d, "mode": %d, "mtime": %d, '
+_MANIFEST_LINES = {
+    "file": _HEAD + '"sha256": %s, "size": %d, "type": "file", "uid": %d}]',
+    "dir": _HEAD + '"type": "dir", "uid": %d}]',
+    "symlink": _HEAD + '"target": %s, "type": "symlink", "uid": %d}]',
+    "hardlink": _HEAD + '"target": %s, "type": "hardlink", "uid": %d}]',
+}
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # get_archive streams straight from urllib3, whose errors requests does not wrap there
 _ENGINE_ERRORS = (DockerException, requests.RequestException, urllib3.exceptions.HTTPError)
@@ -181,7 +191,21 @@ def _entries(tar: tarfile.TarFile, guard: SafetyFilter | None) -> Iterator[tuple
 
 
 def _manifest_line(path: str, entry: dict) -> bytes:
-    return _MANIFEST_ENCODE([path, entry]).encode("utf-8", "surrogateescape") + b"\n"
+    """[path, entry] as JSON, sorted keys, non-ASCII kept: the manifest digest's bytes."""
+    kind = entry["type"]
+    if "mtime" not in entry:
+        line = _MANIFEST_ENCODE([path, entry])
+    else:
+        if kind == "file":
+            sha = entry["sha256"]
+            rest = ("null" if sha is None else encode_basestring(sha), entry["size"])
+        else:
+            rest = () if kind == "dir" else (encode_basestring(entry["target"]),)
+        line = _MANIFEST_LINES[kind] % (
+            encode_basestring(path), entry["gid"], entry["mode"], entry["mtime"], *rest,
+            entry["uid"],
+        )  # fmt: skip
+    return line.encode("utf-8", "surrogateescape") + b"\n"
 
 
 def manifest_sha256(inventory: dict[str, dict]) -> str:
