@@ -35,10 +35,11 @@ class _Flipping:
         self.sink.close()
 
 
-@pytest.fixture
-def faulty_compressor(monkeypatch):
-    """A compressor whose output is damaged on its way to the file: what a bug in it, or a
-    bit flipped in memory, would do.  Nothing above the disk's own hash sees the change."""
+def _faulty_compressor(monkeypatch, flips: str) -> None:
+    """A compressor with one byte changed, 100 000 in, of its output (what a bug in it, or a
+    bit flipped in memory, would do: nothing above the disk's own hash sees the change) or
+    of its input (it then encodes other bytes, faithfully: every frame is sound and carries
+    a correct checksum, so only comparing the decoded stream with the input reveals it)."""
     real = zstandard.ZstdCompressor
 
     class Faulty:
@@ -46,39 +47,22 @@ def faulty_compressor(monkeypatch):
             self.real = real(**options)
 
         def stream_writer(self, sink, closefd: bool = True):
-            return self.real.stream_writer(_Flipping(sink, at=100_000), closefd=closefd)
+            if flips == "output":
+                return self.real.stream_writer(_Flipping(sink, at=100_000), closefd=closefd)
+            return _Flipping(self.real.stream_writer(sink, closefd=closefd), at=100_000)
 
     monkeypatch.setattr(codec.zstandard, "ZstdCompressor", Faulty)
 
 
-def test_a_stream_that_does_not_decode_to_its_input_is_never_committed(tmp_path, faulty_compressor):
-    wrong = pytest.raises(CorruptArtifact, match="the compressed stream is wrong")
-    with wrong, ArtifactWriter(tmp_path / "db.sql", Codec("zstd")) as writer:
-        writer.write(DUMP)
-        writer.commit()
-    assert list(tmp_path.iterdir()) == [], "neither the artifact nor its .partial is left"
-
-
-@pytest.fixture
-def misfed_compressor(monkeypatch):
-    """A compressor that encodes, faithfully, other bytes than it was given (one changed,
-    100 000 in): every frame it writes is sound and carries a correct checksum, so only
-    comparing the decoded stream with the input reveals it."""
-    real = zstandard.ZstdCompressor
-
-    class Misfed:
-        def __init__(self, **options) -> None:
-            self.real = real(**options)
-
-        def stream_writer(self, sink, closefd: bool = True):
-            inner = self.real.stream_writer(sink, closefd=closefd)
-            return _Flipping(inner, at=100_000)
-
-    monkeypatch.setattr(codec.zstandard, "ZstdCompressor", Misfed)
-
-
-def test_a_sound_stream_of_other_bytes_than_written_is_never_committed(tmp_path, misfed_compressor):
-    wrong = pytest.raises(CorruptArtifact, match="decodes to other bytes than were written")
+@pytest.mark.parametrize(
+    ("flips", "defect"),
+    [("output", "a frame is damaged"), ("input", "decodes to other bytes than were written")],
+)
+def test_a_stream_that_does_not_decode_to_its_input_is_never_committed(
+    tmp_path, monkeypatch, flips, defect
+):
+    _faulty_compressor(monkeypatch, flips)
+    wrong = pytest.raises(CorruptArtifact, match=f"the compressed stream is wrong: .*{defect}")
     with wrong, ArtifactWriter(tmp_path / "db.sql", Codec("zstd")) as writer:
         writer.write(DUMP)
         writer.commit()
