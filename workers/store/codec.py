@@ -127,7 +127,7 @@ class _PipeEncryptor:
             raise self._error
 
 
-# What a plaintext is hashed with: SHA-256 is what manifests record; XXH3-128 (eight
+# What a plaintext is hashed with: SHA-256 is what manifests record; XXH3-128 (6-8
 # times faster here) compares a stream decoded as written with its input, where only a
 # fault, not an adversary, could make the two differ.
 _HASHES: dict[str, Callable] = {"sha256": hashlib.sha256, "xxh3_128": xxhash.xxh3_128}
