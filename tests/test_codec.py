@@ -3,6 +3,8 @@ the bytes it was given; the backup's verify then reads it back for its sha256 al
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import zstandard
 
@@ -10,6 +12,7 @@ from tests.support.fake_backups import sql_dump
 from workers.steps.verify_backup import verify_artifact
 from workers.store import codec
 from workers.store.codec import ArtifactWriter, Codec, CorruptArtifact
+from workers.store.parts import PartedWriter
 
 DUMP = sql_dump(200_000)  # 9.4 MB, 0.18 MB compressed: many blocks
 
@@ -34,6 +37,12 @@ class _Flipping:
     def close(self) -> None:
         self.sink.close()
 
+    def __enter__(self) -> _Flipping:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _faulty_compressor(monkeypatch, flips: str) -> None:
     """A compressor with one byte changed, 100 000 in, of its output (what a bug in it, or a
@@ -45,6 +54,9 @@ def _faulty_compressor(monkeypatch, flips: str) -> None:
     class Faulty:
         def __init__(self, **options) -> None:
             self.real = real(**options)
+
+        def compress(self, data: bytes) -> bytes:
+            return self.real.compress(data)
 
         def stream_writer(self, sink, closefd: bool = True):
             if flips == "output":
@@ -67,6 +79,42 @@ def test_a_stream_that_does_not_decode_to_its_input_is_never_committed(
         writer.write(DUMP)
         writer.commit()
     assert list(tmp_path.iterdir()) == [], "neither the artifact nor its .partial is left"
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["own part", "shared part"])
+@pytest.mark.parametrize("flips", ["output", "input"])
+def test_a_part_that_does_not_decode_to_its_input_is_never_committed(
+    tmp_path, monkeypatch, flips, own
+):
+    """Parts too: a part of its own is decoded in the thread that writes it, the shared
+    parts in a thread beside the writer's."""
+    _faulty_compressor(monkeypatch, flips)
+    wrong = pytest.raises(CorruptArtifact, match="the compressed stream is wrong")
+    with wrong, PartedWriter(tmp_path / "uploads.tar", Codec("zstd")) as writer:
+        if own:
+            writer.own_part(b"", io.BytesIO(DUMP), len(DUMP))
+        else:
+            writer.write(DUMP)
+        writer.commit()
+    assert list(tmp_path.iterdir()) == [], "no part and no .partial directory is left"
+
+
+def test_parts_decoded_when_written_are_verified_by_their_stored_sha256(tmp_path):
+    with PartedWriter(tmp_path / "uploads.tar", Codec("zstd")) as writer:
+        writer.write(DUMP[:100_000])
+        writer.own_part(b"", io.BytesIO(DUMP), len(DUMP))
+        record = {**writer.commit(), "kind": "volume"}
+    path = tmp_path / record["file"]
+    assert record["decoded_when_written"] is True
+    checked = verify_artifact(path, record, None, just_written=True)
+    assert (checked["content"], checked["parts_read"]) == ("ok", 2)
+
+    part = path / "00000001.zst"
+    stored = bytearray(part.read_bytes())
+    stored[len(stored) // 2] ^= 0x01
+    part.write_bytes(bytes(stored))
+    with pytest.raises(CorruptArtifact, match="00000001.zst: sha256 does not match"):
+        verify_artifact(path, record, None, just_written=True)
 
 
 def test_a_stream_decoded_when_written_is_verified_by_its_stored_sha256(tmp_path):

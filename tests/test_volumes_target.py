@@ -20,6 +20,7 @@ import pytest
 from docker.errors import NotFound
 
 from workers.errors import TargetError, UnsafeArchive
+from workers.steps.verify_backup import verify_artifact
 from workers.store.codec import Codec, CorruptArtifact, open_plain
 from workers.targets import docker_engine, tar_safety, volumes
 
@@ -136,6 +137,7 @@ def test_archive_unpacks_by_hand_and_restores_exactly(engine, new_volume, tmp_pa
     assert oct(artifact.stat().st_mode & 0o777) == "0o700"
     assert {oct(p.stat().st_mode & 0o777) for p in artifact.iterdir()} == {"0o600"}
     assert record["parts"] == len(list(artifact.glob("*.zst"))) > 1
+    assert record["decoded_when_written"] is True  # no service waited: checked as written
     assert (result["files"], result["dirs"], result["symlinks"], result["hardlinks"]) == (
         7,
         6,
@@ -221,7 +223,13 @@ def test_volume_in_use_is_not_copied_live(engine, new_volume, tmp_path):
     assert result["files"] == 1
     user.reload()
     assert user.status == "running"
-    artifact = tmp_path / result["artifacts"][0]["file"]
+    [record] = result["artifacts"]
+    artifact = tmp_path / record["file"]
+    # Its service waited for the copy: the parts were not decoded meanwhile, so the
+    # backup's verify, once the service runs again, reads them back whole.
+    assert "decoded_when_written" not in record
+    checked = verify_artifact(artifact, record, None, just_written=True)
+    assert checked["content"] == "ok" and checked["parts_read"] == record["parts"]
     with pytest.raises(TargetError, match=user.name):
         volumes.restore(engine, name, artifact, HELPER)
     volumes.restore(engine, name, artifact, HELPER, stop_running=True)

@@ -60,8 +60,9 @@ def verify_artifact(
     """Check one artifact; raise CorruptArtifact naming it and the defect.
 
     `just_written`: the backup's own check of what it wrote.  A parted artifact's parts
-    are then read back, except those linked from a backup that checked them; the content
-    pass is left out, since every part's plaintext matches what the writer judged and hashed.
+    are then read back, except those linked from a backup that checked them (for their
+    sha256 alone if the writer decoded them as it wrote them); the content pass is left
+    out, since every part's plaintext matches what the writer judged and hashed.
     A stream the writer decoded as it wrote it (`decoded_when_written`) is only read back
     for its sha256: those bytes decoded to the plaintext hashed, which the capture judged
     (the RDB's CRC64 as it arrived, the dump's completion line written before the commit).
@@ -79,7 +80,8 @@ def verify_artifact(
     if just_written and parts.is_parted(path):
         if parts.stored_sha256(path) != artifact["sha256"]:
             raise mismatch
-        return {"file": name, "sha256": "ok", "content": "ok", **parts.check(path, True)}
+        decoded = bool(artifact.get("decoded_when_written"))
+        return {"file": name, "sha256": "ok", "content": "ok", **parts.check(path, True, decoded)}
     if just_written and artifact.get("decoded_when_written"):
         if parts.stored_sha256(path) != artifact["sha256"]:
             raise mismatch

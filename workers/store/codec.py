@@ -131,14 +131,80 @@ class _PipeEncryptor:
 # times faster here) compares a stream decoded as written with its input, where only a
 # fault, not an adversary, could make the two differ.
 _HASHES: dict[str, Callable] = {"sha256": hashlib.sha256, "xxh3_128": xxhash.xxh3_128}
+COMPARED = "xxh3_128"  # the digest a stream and its decoding are compared by
+
+
+class FrameDecoder:
+    """Concatenated zstd frames decoded as their bytes come, in pieces of any size."""
+
+    def __init__(self) -> None:
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
+        self.pending = False  # a frame is begun and not ended
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The plaintext these bytes complete; raises zstandard.ZstdError on a bad frame."""
+        out = []
+        while data:
+            plain, self.pending = self._obj.decompress(data), True
+            if plain:
+                out.append(plain)
+            if self._obj.eof:
+                data, self.pending = self._obj.unused_data, False
+                self._obj = self._dctx.decompressobj()
+            else:
+                data = b""
+        return out
+
+
+class EchoCheck:
+    """One stream's plaintext as written and its compressed bytes decoded as they reach
+    the disk (`tap`, for a HashingFile), both in the writer's own thread, digested to be
+    compared.  Inactive, it checks nothing."""
+
+    def __init__(self, active: bool = True) -> None:
+        self.active = active
+        self._decoder = FrameDecoder()
+        self._written, self._decoded = _HASHES[COMPARED](), _HASHES[COMPARED]()
+        self._sizes = [0, 0]  # written, decoded
+
+    @property
+    def tap(self) -> Callable[[bytes], None] | None:
+        return self._decode if self.active else None
+
+    def written(self, plain: bytes) -> None:
+        if self.active:
+            self._written.update(plain)
+            self._sizes[0] += len(plain)
+
+    def _decode(self, data: bytes) -> None:
+        try:
+            for plain in self._decoder.feed(data):
+                self._decoded.update(plain)
+                self._sizes[1] += len(plain)
+        except zstandard.ZstdError as exc:
+            message = f"the compressed stream is wrong: a frame is damaged: {exc}"
+            raise CorruptArtifact(message) from None
+
+    def check(self) -> None:
+        """Raise CorruptArtifact unless the stream decoded, whole, to what was written."""
+        written, decoded = self._sizes
+        if self.active and (
+            self._decoder.pending
+            or written != decoded
+            or self._written.digest() != self._decoded.digest()
+        ):
+            raise CorruptArtifact(
+                "the compressed stream is wrong: it decodes to other bytes than were written"
+            )
 
 
 class PlainHasher:
     """The plaintext's size and digests (sha256 unless told), in a thread of its own and in
     write order: it overlaps the compression, and for zstd frames (copied from another
     artifact, or an artifact's own stream as it is written) it does their decompression,
-    which checks them.  Small writes are batched into one hand-off; at most DEPTH
-    hand-offs wait, so memory stays flat."""
+    which checks them.  Small writes of one kind are batched into one hand-off; at most
+    DEPTH hand-offs wait, so memory stays flat."""
 
     DEPTH = 8
     BATCH = 256 << 10
@@ -147,8 +213,8 @@ class PlainHasher:
         self._kinds = digests
         self.hashes = self._fresh()
         self.size = 0
-        self.cuts: list[tuple[int, str]] = []
-        self._batch = bytearray()
+        self.cuts: list[tuple[int, dict]] = []  # (size, {digest kind: hex}) of each section
+        self._batch, self._batch_kind = bytearray(), "plain"  # pieces of one kind, in order
         self._jobs: queue.Queue = queue.Queue(maxsize=self.DEPTH)
         self._error: Exception | None = None
         self._thread = threading.Thread(target=self._run, name="plain-hash", daemon=True)
@@ -166,26 +232,19 @@ class PlainHasher:
             digest.update(data)
 
     def plain(self, data: bytes) -> None:
-        if len(data) >= self.BATCH:
-            self._flush()
-            # hashed later: a caller's reusable buffer must not change under the thread
-            self._jobs.put(("plain", data if isinstance(data, bytes) else bytes(data)))
-            return
-        self._batch += data
-        if len(self._batch) >= self.BATCH:
-            self._flush()
+        self._add("plain", data)
 
     def frames(self, data: bytes) -> None:
         """A piece of complete zstd frames (a frame may span pieces)."""
-        self._flush()
-        self._jobs.put(("frames", data))
+        self._add("frames", data)
 
     def end_frames(self, expect: int | None) -> None:
         """The frames given since the last end are whole, and hold `expect` bytes if given."""
+        self._flush()
         self._jobs.put(("end", expect))
 
     def cut(self) -> None:
-        """Close a section (a part file): its (size, sha256) goes to `cuts`, and the next
+        """Close a section (a part file): its size and digests go to `cuts`, and the next
         section is hashed from scratch."""
         self._flush()
         self._jobs.put(("cut", None))
@@ -197,14 +256,26 @@ class PlainHasher:
         self._thread.join()
         return self._error
 
+    def _add(self, kind: str, data: bytes) -> None:
+        if self._batch and kind != self._batch_kind:
+            self._flush()  # in write order
+        if len(data) >= self.BATCH:
+            self._flush()
+            # hashed later: a caller's reusable buffer must not change under the thread
+            self._jobs.put((kind, data if isinstance(data, bytes) else bytes(data)))
+            return
+        self._batch_kind = kind
+        self._batch += data
+        if len(self._batch) >= self.BATCH:
+            self._flush()
+
     def _flush(self) -> None:
         if self._batch:
-            self._jobs.put(("plain", bytes(self._batch)))
+            self._jobs.put((self._batch_kind, bytes(self._batch)))
             self._batch.clear()
 
     def _run(self) -> None:
-        dctx = zstandard.ZstdDecompressor()
-        obj, pending, copied = dctx.decompressobj(), False, 0
+        decoder, copied = FrameDecoder(), 0
         while (job := self._jobs.get()) is not None:
             if self._error:
                 continue  # keep draining: the writer learns of it in finish()
@@ -214,19 +285,15 @@ class PlainHasher:
                     self._update(data)
                     self.size += len(data)
                 elif kind == "frames":
-                    while data:
-                        out, pending = obj.decompress(data), True
+                    for out in decoder.feed(data):
                         self._update(out)
                         copied += len(out)
-                        if obj.eof:
-                            data, obj, pending = obj.unused_data, dctx.decompressobj(), False
-                        else:
-                            data = b""
                 elif kind == "cut":
-                    self.cuts.append((self.size, self.sha.hexdigest()))
+                    digests = {name: h.hexdigest() for name, h in self.hashes.items()}
+                    self.cuts.append((self.size, digests))
                     self.hashes, self.size = self._fresh(), 0
                 else:
-                    if pending:
+                    if decoder.pending:
                         raise CorruptArtifact("a frame is cut short")
                     if data is not None and copied != data:
                         raise CorruptArtifact(f"the frames hold {copied} bytes, not {data}")
@@ -235,9 +302,6 @@ class PlainHasher:
                 self._error = CorruptArtifact(f"a frame is damaged: {exc}")
             except Exception as exc:  # noqa: BLE001 - handed to the writer's thread
                 self._error = exc
-
-
-_COMPARED = "xxh3_128"  # the digest a stream and its decoding are compared by
 
 
 class ArtifactWriter:
@@ -254,7 +318,7 @@ class ArtifactWriter:
         # the plaintext hashed), so the backup's verify need not decompress it again: a
         # thread of its own, which overlaps the capture instead of following it.
         echoed = codec.compression == "zstd" and not codec.encrypted
-        self._echo = PlainHasher((_COMPARED,)) if echoed else None
+        self._echo = PlainHasher((COMPARED,)) if echoed else None
         self._disk = HashingFile(self._fh, self._echo.frames if self._echo else None)
         self._encryptor = _PipeEncryptor(self._disk, codec.recipients) if codec.encrypted else None
         below = self._encryptor or self._disk
@@ -268,7 +332,7 @@ class ArtifactWriter:
             self._top = gzip.GzipFile(fileobj=below, mode="wb", compresslevel=6, mtime=0)
         else:
             self._top = below
-        self._plain = PlainHasher(("sha256", _COMPARED) if echoed else ("sha256",))
+        self._plain = PlainHasher(("sha256", COMPARED) if echoed else ("sha256",))
         self._closed = False
         self._frame_open = self._framed = False
 
@@ -332,8 +396,8 @@ class ArtifactWriter:
             return None
         self._echo.end_frames(None)
         defect = self._echo.finish()
-        echoed = (self._echo.size, self._echo.hashes[_COMPARED].digest())
-        if not defect and echoed != (self._plain.size, self._plain.hashes[_COMPARED].digest()):
+        echoed = (self._echo.size, self._echo.hashes[COMPARED].digest())
+        if not defect and echoed != (self._plain.size, self._plain.hashes[COMPARED].digest()):
             defect = CorruptArtifact("it decodes to other bytes than were written")
         if defect:
             return CorruptArtifact(f"{self.path.name}: the compressed stream is wrong: {defect}")
@@ -430,19 +494,10 @@ class _PipeDecryptor:
 
 def zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
     """Decompress every concatenated frame; a frame cut short is an error, not EOF."""
-    dctx = zstandard.ZstdDecompressor()
-    obj, pending = dctx.decompressobj(), False
+    decoder = FrameDecoder()
     while data := raw.read(CHUNK):
-        while data:
-            out = obj.decompress(data)
-            pending = True
-            if out:
-                yield out
-            if obj.eof:
-                data, obj, pending = obj.unused_data, dctx.decompressobj(), False
-            else:
-                data = b""
-    if pending:
+        yield from decoder.feed(data)
+    if decoder.pending:
         raise CorruptArtifact("the zstd stream is truncated")
 
 

@@ -29,10 +29,12 @@ import zstandard
 from workers.store.atomic import sync_filesystem
 from workers.store.codec import (
     CHUNK,
+    COMPARED,
     PARTIAL,
     PARTS_SUFFIX,
     Codec,
     CorruptArtifact,
+    EchoCheck,
     HashingFile,
     PlainHasher,
     sha256_file,
@@ -145,10 +147,12 @@ def read_plain(path: Path) -> Iterator[bytes]:
         yield from _part_chunks(path, part)
 
 
-def check(path: Path, trust_linked: bool) -> dict:
+def check(path: Path, trust_linked: bool, decoded: bool = False) -> dict:
     """Read every part back (or, trusting links, only those no earlier backup shares: a
     linked part was checked by the backup that wrote it, and is unchanged since).  Parts
-    are read side by side: decompressing and hashing release the GIL."""
+    are read side by side: decompressing and hashing release the GIL.  `decoded`: the
+    writer decoded every part it wrote as it wrote it, so only their stored sha256 is
+    read back."""
     listed = read_list(path)
 
     def shared(part: Part) -> bool:
@@ -156,8 +160,11 @@ def check(path: Path, trust_linked: bool) -> dict:
         return trust_linked and part.untouched(file) and os.stat(file).st_nlink > 1
 
     def read_back(part: Part) -> None:
-        for _ in _part_chunks(path, part):
-            pass
+        if not decoded:
+            for _ in _part_chunks(path, part):
+                pass
+        elif sha256_file(path / part.name) != part.sha256:
+            raise CorruptArtifact(f"part {part.name}: sha256 does not match {LIST_NAME}")
 
     unshared = [part for part in listed if not shared(part)]
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
@@ -189,6 +196,12 @@ class ShortRead(OSError):
     """A file gave fewer bytes than listed: it changed while being backed up."""
 
 
+def _decoded(cut: tuple[int, dict]) -> tuple[int, str]:
+    """(size, compared digest) of a section as the echo decoded it."""
+    size, digests = cut
+    return size, digests[COMPARED]
+
+
 def _private(path: str, flags: int) -> int:
     return os.open(path, flags, 0o600)
 
@@ -200,7 +213,7 @@ class PartedWriter:
     Parts are written to `<path>.partial/` and made durable together at commit (one
     syncfs, not an fsync per part), then the directory is renamed."""
 
-    def __init__(self, path: Path, codec: Codec) -> None:
+    def __init__(self, path: Path, codec: Codec, decode: bool = True) -> None:
         if codec.compression != "zstd" or codec.encrypted:
             raise ValueError("parted artifacts are unencrypted zstd")
         self.path = Path(str(path) + codec.suffix() + PARTS_SUFFIX)
@@ -210,7 +223,14 @@ class PartedWriter:
         # its workers (half a millisecond per frame here, for no gain in speed).
         self._level = codec.zstd_level
         self._cctx = self._compressor()
-        self._plain = PlainHasher()
+        # `decode`: every part is decoded as it is written and compared with its plaintext,
+        # so the backup's verify only reads back its stored sha256 (see ArtifactWriter):
+        # the parts written here by a thread beside this one, a part of its own in the
+        # thread writing it (EchoCheck).  It costs CPU while the data is read, which the
+        # caller may not want to spend then (services stopped meanwhile).
+        self._decode = decode
+        self._plain = PlainHasher(("sha256", COMPARED) if decode else ("sha256",))
+        self._echo = PlainHasher((COMPARED,)) if decode else None
         # A Part, or a Future of one a pool thread writes; plain_bytes -1: written here and
         # hashed by the plain hasher (see commit)
         self._parts: list[Part | Future] = []
@@ -234,7 +254,7 @@ class PartedWriter:
         if self._open_part is None:
             path = self.partial / part_name(len(self._parts))
             fh = open(path, "xb", buffering=CHUNK, opener=_private)
-            disk = HashingFile(fh)
+            disk = HashingFile(fh, self._echo.frames if self._echo else None)
             self._open_part = (fh, disk, self._cctx.stream_writer(disk, closefd=False))
             self._parts.append(None)
         return self._open_part
@@ -270,6 +290,9 @@ class PartedWriter:
         fh, disk, _ = self._open_part
         fh.close()
         self._plain.cut()
+        if self._echo:
+            self._echo.end_frames(None)
+            self._echo.cut()
         name = part_name(len(self._parts) - 1)
         mtime = os.stat(self.partial / name).st_mtime_ns
         self._parts[-1] = Part(name, disk.size, disk.sha.hexdigest(), -1, "", mtime)
@@ -304,10 +327,12 @@ class PartedWriter:
         cctx = getattr(self._local, "cctx", None) or self._compressor()
         self._local.cctx = cctx
         plain, content, done = hashlib.sha256(prefix), hashlib.sha256(), 0
+        echo = EchoCheck(self._decode)
+        echo.written(prefix)
         path = self.partial / name
         try:
             with open(path, "xb", buffering=CHUNK, opener=_private) as fh:
-                disk = HashingFile(fh)
+                disk = HashingFile(fh, echo.tap)
                 disk.write(cctx.compress(prefix))
                 offset = disk.size
                 with cctx.stream_writer(disk, closefd=False) as top:
@@ -315,12 +340,17 @@ class PartedWriter:
                         top.write(chunk)
                         plain.update(chunk)
                         content.update(chunk)
+                        echo.written(chunk)
                         done += len(chunk)
                     if done != size:
                         raise ShortRead(f"part {name}: {done} of {size} bytes could be read")
                     pad = b"\0" * (-size % 512)
                     top.write(pad)
                     plain.update(pad)
+                    echo.written(pad)
+            echo.check()
+        except CorruptArtifact as exc:
+            raise CorruptArtifact(f"part {name}: {exc}") from None
         finally:
             src.close()
         mtime = os.stat(path).st_mtime_ns
@@ -344,17 +374,23 @@ class PartedWriter:
         self.end_part()
         self._pool.shutdown()
         defect = self._plain.finish()
-        if defect:
-            raise defect
-        cuts = iter(self._plain.cuts)
+        undecoded = self._echo.finish() if self._echo else None
+        if defect or undecoded:
+            raise defect or CorruptArtifact(f"the compressed stream is wrong: {undecoded}")
+        cuts, echoes = iter(self._plain.cuts), iter(self._echo.cuts if self._echo else ())
         parts, written = [], []
         for part in self._parts:
             if isinstance(part, Future):
                 part = part.result()[0]
                 written.append(self.partial / part.name)
             elif part.plain_bytes < 0:  # written here: its plaintext hash is the next cut
-                size, sha = next(cuts)
-                part = part._replace(plain_bytes=size, plain_sha256=sha)
+                size, digests = next(cuts)
+                if self._echo and (size, digests[COMPARED]) != _decoded(next(echoes)):
+                    raise CorruptArtifact(
+                        f"part {part.name}: the compressed stream is wrong: it decodes to "
+                        "other bytes than were written"
+                    )
+                part = part._replace(plain_bytes=size, plain_sha256=digests["sha256"])
                 written.append(self.partial / part.name)
             parts.append(part)
         listing = (_HEADER + "".join(p.line() for p in parts)).encode()
@@ -371,6 +407,7 @@ class PartedWriter:
             "plain_bytes": sum(p.plain_bytes for p in parts),
             "parts": len(parts),
             "linked_parts": self._linked,
+            **({"decoded_when_written": True} if self._decode else {}),
         }
 
     def abort(self) -> None:
@@ -379,6 +416,8 @@ class PartedWriter:
             self._open_part = None
         self._pool.shutdown(cancel_futures=True)  # a running job finishes its part first
         self._plain.finish()
+        if self._echo:
+            self._echo.finish()
         if self.partial.exists():
             remove(self.partial)
 

@@ -115,8 +115,9 @@ def _running_users(engine: docker.DockerClient, name: str) -> list[str]:
 
 
 @contextmanager
-def _quiesced(engine: docker.DockerClient, name: str, stop_running: bool) -> Iterator[None]:
-    """No running container writes the volume inside the block: refuse, or stop and restart."""
+def _quiesced(engine: docker.DockerClient, name: str, stop_running: bool) -> Iterator[list]:
+    """No running container writes the volume inside the block: refuse, or stop and restart
+    (the block gets the containers stopped)."""
     users = _running_users(engine, name)
     if users and not stop_running:
         raise TargetError(
@@ -126,7 +127,7 @@ def _quiesced(engine: docker.DockerClient, name: str, stop_running: bool) -> Ite
         )
     stopped = stop_containers(engine, users)
     try:
-        yield
+        yield stopped
     finally:
         start_containers(engine, stopped)
 
@@ -275,8 +276,10 @@ def archive(
     framed = codec.compression == "zstd" and not codec.encrypted
     root = volume_direct.readable_root(volume["driver"], volume["mountpoint"])
     out_dir = Path(out_dir)
-    with _quiesced(engine, name, stop_running):
-        job = _Job(name, out_dir, backup_id, codec, progress, previous)
+    with _quiesced(engine, name, stop_running) as stopped:
+        # Services stopped for the copy wait for it: their parts are checked by the verify
+        # step after they restart, not decoded meanwhile.
+        job = _Job(name, out_dir, backup_id, codec, progress, previous, decode=not stopped)
         try:
             note = None
             if framed and direct and root:
@@ -306,6 +309,7 @@ class _Job:
     codec: Codec
     progress: Progress
     previous: Path | None
+    decode: bool  # parts decoded as they are written (see parts.PartedWriter)
 
     @property
     def artifact(self) -> Path:
@@ -633,7 +637,7 @@ def _trusted_key(item: vi.Listed | None, member: tarfile.TarInfo) -> list | None
 def _full(helper, job: _Job, listing: vi.Listing | None) -> dict:
     """Every member from the engine's tar of the volume, each file's data compressed anew."""
     listed = vi.Cursor(listing or (), lambda item: item.path)
-    with parts.PartedWriter(job.artifact, job.codec) as writer:
+    with parts.PartedWriter(job.artifact, job.codec, job.decode) as writer:
         composer = _Composer(writer, listing.started if listing else None, job.progress)
         raw = io.BufferedReader(ChunkStream(_volume_tar(helper, job.name)), CHUNK)
         with open_stream(raw) as tar:
@@ -743,7 +747,7 @@ def _incremental(helper, job: _Job, listing: vi.Listing) -> dict | None:
 
 def _planned(job: _Job, listing: vi.Listing, prev: _Previous | None, fetcher) -> dict:
     """The artifact as the plan says: entries the fetcher reads, parts and frames reused."""
-    with parts.PartedWriter(job.artifact, job.codec) as writer:
+    with parts.PartedWriter(job.artifact, job.codec, job.decode) as writer:
         composer = _Composer(writer, listing.started, job.progress, fetcher.files_apart)
         for step in vi.plan(listing, prev.index() if prev else ()):
             xattrs, data = fetcher.get(step)
