@@ -425,3 +425,35 @@ def test_dump_over_tls_to_localhost_when_the_server_requires_it(tmp_path, tls_on
     recorded = result["databases"]["tls_src"]["tables"]
     assert recorded["big"]["rows"] == BIG_ROWS
     assert mysql.checksums(settings, "tls_copy") == recorded == mysql.checksums(settings, "tls_src")
+
+
+def test_tables_dumped_side_by_side_interleave_largest_first(tmp_path, names):
+    """Two tables of 12 MiB each, on two connections: their statements are written as
+    each connection makes them, interleaved (with the tables read in order through bounded
+    queues, one table's rows all came before the other's: the second connection waited),
+    each table's DDL before its rows, largest tables first; the dump still loads whole."""
+    db = names["src"]
+    sql(f"CREATE DATABASE `{db}` CHARACTER SET utf8mb4")
+    for table in ("left_one", "right_one"):
+        sql(f"CREATE TABLE {table} (id INT PRIMARY KEY, v VARCHAR(700)) ENGINE=InnoDB", db)
+        sql(f"INSERT INTO {table} SELECT seq, REPEAT(MD5(seq), 20) FROM seq_1_to_18000", db)
+    sql("CREATE TABLE a_small (id INT PRIMARY KEY) ENGINE=InnoDB", db)
+    sql("INSERT INTO a_small SELECT seq FROM seq_1_to_10", db)
+    sql("ANALYZE TABLE a_small, left_one, right_one", db)  # the sizes the order is taken from
+    settings = replace(ROOT, databases=(db,), parallel=2)
+    result = dump(tmp_path, settings)
+    artifact = artifact_of(tmp_path, result, db)
+    plain = subprocess.run(["zstd", "-dc", str(artifact)], capture_output=True, check=True)
+    statements = [s for s in plain.stdout.split(b";\n") if s.startswith(b"INSERT INTO")]
+    tables = [s.split(b"`")[1].decode() for s in statements]
+    runs = [t for i, t in enumerate(tables) if i == 0 or tables[i - 1] != t]
+    assert tables.count("left_one") >= 10 and tables.count("right_one") >= 10
+    assert len(runs) > 3, runs  # not one table's rows, then the other's
+    ddl = [plain.stdout.index(f"CREATE TABLE `{t}`".encode()) for t in tables]
+    assert all(d < plain.stdout.index(s) for d, s in zip(ddl, statements, strict=True))
+    created = plain.stdout.index(b"CREATE TABLE `a_small`")
+    assert plain.stdout.index(b"CREATE TABLE `left_one`") < created
+    assert plain.stdout.index(b"CREATE TABLE `right_one`") < created
+    mysql.restore(settings, artifact, names["copy"], None, lambda n: None)
+    assert mysql.checksums(ROOT, names["copy"]) == result["databases"][db]["tables"]
+    assert mysql.checksums(ROOT, db) == result["databases"][db]["tables"]

@@ -121,14 +121,16 @@ def user_databases(conn: DBConnection) -> list[str]:
 
 
 def base_tables(conn: DBConnection, database: str) -> list[dict]:
-    """[{name, engine}] of a database's base tables, by name."""
+    """[{name, engine, bytes}] of a database's base tables, by name; `bytes` is the
+    server's estimate of their data's size (0 when it has none)."""
     found = rows(
         conn,
-        "SELECT TABLE_NAME AS name, COALESCE(ENGINE, '') AS engine FROM information_schema.TABLES"
+        "SELECT TABLE_NAME AS name, COALESCE(ENGINE, '') AS engine,"
+        " COALESCE(DATA_LENGTH, 0) AS bytes FROM information_schema.TABLES"
         " WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
         (database,),
     )
-    return [{"name": r["name"], "engine": r["engine"]} for r in found]
+    return [{"name": r["name"], "engine": r["engine"], "bytes": int(r["bytes"])} for r in found]
 
 
 def object_names(conn: DBConnection, database: str) -> dict[str, list[str]]:

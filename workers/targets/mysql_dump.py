@@ -273,6 +273,7 @@ class _Task:
     database: str
     table: str
     mvcc: bool
+    bytes: int = 0  # the server's estimate of the table's size
 
 
 @dataclass(frozen=True)
@@ -280,15 +281,30 @@ class _Done:
     stats: dict
 
 
+def _order(tasks: list[_Task]) -> list[_Task]:
+    """Within each database (its artifacts are written one after the other): tables
+    outside the MVCC snapshot first, whose end releases the global read lock, then the
+    largest first, so the last table to end is a small one and the connections finish
+    together.  On the reference set, by name, one connection had the two largest tables
+    and the other sat idle for the last third of the dump."""
+    databases = list(dict.fromkeys(t.database for t in tasks))
+    return sorted(tasks, key=lambda t: (databases.index(t.database), t.mvcc, -t.bytes, t.table))
+
+
 class _Pipeline:
-    """Workers take tables in order and stream their SQL into one bounded queue per table;
-    the consumer reads the queues in the same order, so the output is deterministic and at
-    most `parallel` tables are in memory, each at most QUEUE_STATEMENTS statements."""
+    """Workers take tables in order and stream their SQL into one bounded queue per
+    database, each statement as soon as it is made: the tables being dumped side by side
+    are interleaved statement by statement (each table's DDL before its rows, which is all
+    a load needs), so no connection waits for another's table to end, and at most
+    `parallel` x QUEUE_STATEMENTS statements are in memory.  A queue bounded per table and
+    read in table order held the second connection to that many statements ahead: the
+    dump went at one connection's pace."""
 
     def __init__(self, snap: _Snapshot, tasks: list[_Task]) -> None:
         self.snap = snap
         self.tasks = tasks
-        self.queues = [queue.Queue(QUEUE_STATEMENTS) for _ in tasks]
+        depth = QUEUE_STATEMENTS * max(len(snap.workers), 1)
+        self.queues = {t.database: queue.Queue(depth) for t in tasks}
         self.cancel = threading.Event()
         self.error: BaseException | None = None
         self._next = 0
@@ -302,17 +318,17 @@ class _Pipeline:
         for thread in self.threads:
             thread.start()
 
-    def _take(self) -> int | None:
+    def _take(self) -> _Task | None:
         with self._mutex:
             if self.cancel.is_set() or self._next >= len(self.tasks):
                 return None
             self._next += 1
-            return self._next - 1
+            return self.tasks[self._next - 1]
 
-    def _put(self, index: int, item: object) -> None:
+    def _put(self, task: _Task, item: bytes | _Done) -> None:
         while True:
             try:
-                self.queues[index].put(item, timeout=POLL_SECONDS)
+                self.queues[task.database].put((task, item), timeout=POLL_SECONDS)
                 return
             except queue.Full:
                 if self.cancel.is_set():
@@ -328,12 +344,11 @@ class _Pipeline:
             self.snap.unlock()  # every table outside the MVCC snapshot is dumped
 
     def _work(self, conn: MySQLdb.Connection) -> None:
-        while (index := self._take()) is not None:
-            task = self.tasks[index]
+        while (task := self._take()) is not None:
             try:
-                stats = _dump_table(conn, task.database, task.table, lambda b: self._put(index, b))
+                stats = _dump_table(conn, task.database, task.table, lambda b: self._put(task, b))
                 self._table_done(task)
-                self._put(index, _Done(stats))
+                self._put(task, _Done(stats))
             except _Cancelled:
                 return
             except BaseException as exc:  # handed to the consumer, which raises it
@@ -342,18 +357,19 @@ class _Pipeline:
                 self.cancel.set()
                 return
 
-    def chunks(self, index: int) -> Iterator[bytes | _Done]:
-        """The SQL of table `index`, then its _Done."""
-        while True:
+    def items(self, database: str) -> Iterator[tuple[_Task, bytes | _Done]]:
+        """The SQL of `database`'s tables as it is made, each table's ending with its
+        _Done, until every one of them has ended."""
+        left = sum(t.database == database for t in self.tasks)
+        while left:
             try:
-                item = self.queues[index].get(timeout=POLL_SECONDS)
+                task, item = self.queues[database].get(timeout=POLL_SECONDS)
             except queue.Empty:
                 if self.cancel.is_set():
                     raise self.error or _Cancelled() from None
                 continue
-            yield item
-            if isinstance(item, _Done):
-                return
+            left -= isinstance(item, _Done)
+            yield task, item
 
     def stop(self) -> None:
         self.cancel.set()
@@ -438,9 +454,11 @@ def _plan(conn: DBConnection, databases: list[str]) -> _Plan:
             raise TargetError("mysql", f"database {db!r} does not exist or is not visible")
         plan.charsets[db] = (found[0]["cs"], found[0]["co"])
         for t in base_tables(conn, db):
-            plan.tasks.append(_Task(db, t["name"], t["engine"].lower() in MVCC_ENGINES))
+            mvcc = t["engine"].lower() in MVCC_ENGINES
+            plan.tasks.append(_Task(db, t["name"], mvcc, t["bytes"]))
         plan.names[db] = object_names(conn, db)
         plan.objects[db] = _object_sql(conn, db, plan.names[db])
+    plan.tasks = _order(plan.tasks)
     return plan
 
 
@@ -509,14 +527,12 @@ def _write_databases(
 
             write(_header(db, *plan.charsets[db], backup_id, version))
             tables = {}
-            for index, task in enumerate(plan.tasks):
-                if task.database != db:
-                    continue
-                for item in pipeline.chunks(index):
-                    if isinstance(item, _Done):
-                        tables[task.table] = item.stats
-                    else:
-                        write(item)
+            for task, item in pipeline.items(db):
+                if isinstance(item, _Done):
+                    tables[task.table] = item.stats
+                else:
+                    write(item)
+            tables = dict(sorted(tables.items()))
             write(plan.objects[db])
             write(_footer())
             out.append({**writer.commit(), "kind": "mysql", "source": db, "tables": tables})
