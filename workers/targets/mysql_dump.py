@@ -15,7 +15,11 @@ received) are computed from the very bytes dumped, before that escaping, so they
 the dump and a restore is checked against the same rendering.
 Measured and not done: having the server join a key range's rows into one value per
 INSERT (GROUP_CONCAT) took a third off our CPU but more than that onto the server's
-rendering, which is the critical path: the dump ended later.
+rendering, which is the critical path: the dump ended later.  Cutting tables of 64 MiB
+and more into primary key ranges read by whichever connection is free (mydumper's chunks):
+the server took 15% longer to read a table's ranges than the whole table, and the dump of
+the reference set went from 0.95 to 1.11 s; tables taken largest first already keep both
+connections busy to the end there.
 """
 
 from __future__ import annotations
