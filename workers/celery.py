@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import task_postrun, worker_process_init, worker_ready
 
 from workers.config import _secret, worker_limits
 from workers.liveness import Announce
@@ -66,8 +66,15 @@ def _start_reaper(**_) -> None:
 
 
 @worker_process_init.connect
-def _release_freed_memory(**_) -> None:
-    """Each process that runs steps gives freed buffers back (workers/memory.py)."""
+def _announce_memory(**_) -> None:
     from workers import memory
 
-    memory.release_freed_memory()
+    memory.announce()
+
+
+@task_postrun.connect
+def _give_back_memory(**_) -> None:
+    """Each process that runs steps gives what a step freed back (workers/memory.py)."""
+    from workers import memory
+
+    memory.give_back()
