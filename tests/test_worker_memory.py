@@ -67,7 +67,7 @@ def test_every_worker_process_applies_it(worker_factory, broker, tmp_path):
 
     worker = worker_factory(base_env(broker.url, tmp_path / "backups"), concurrency=2)
     log = worker.logfile.read_text()
-    assert log.count("memory: what a step freed is given back") == 2, log[-3000:]
+    assert log.count("arenas; what a step freed is given back") == 2, log[-3000:]
 
 
 def test_a_pool_process_over_its_memory_bound_is_replaced_between_steps(stack, worker_factory):
@@ -81,7 +81,7 @@ def test_a_pool_process_over_its_memory_bound_is_replaced_between_steps(stack, w
         assert "verified and published" in proc.stderr
     log = worker.logfile.read_text()
     # Each pool process says it gives memory back once, when it starts, under its own name.
-    started = set(re.findall(r"(ForkPoolWorker-\d+)\] memory: what a step freed", log))
+    started = set(re.findall(r"(ForkPoolWorker-\d+)\] memory: \d+ arenas; what a step freed", log))
     assert len(started) >= 2 * 9, log[-3000:]  # nine steps a backup, each in a new process
 
 

@@ -66,10 +66,10 @@ def _start_reaper(**_) -> None:
 
 
 @worker_process_init.connect
-def _announce_memory(**_) -> None:
+def _configure_memory(**_) -> None:
     from workers import memory
 
-    memory.announce()
+    memory.configure()
 
 
 @task_postrun.connect
