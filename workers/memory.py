@@ -44,8 +44,8 @@ def configure() -> bool:
 
     At most ARENAS arenas: glibc gives each thread that allocates an arena of its own (up
     to eight per core), and each keeps the blocks freed in it.  With two, an end-to-end
-    backup of the reference set peaked at 248-253 MB for the worker's tree instead of
-    272-280 MB (idle after it: 151-168 MB instead of 187-189 MB), in the same time."""
+    backup of the reference set peaked at 241-256 MB for the worker's tree instead of
+    272-280 MB (idle after it: 149-156 MB instead of 187-197 MB), in the same time."""
     libc = _libc()
     if libc is None or not libc.mallopt(M_ARENA_MAX, ARENAS):
         log.info("memory: not glibc's allocator; freed memory stays for reuse")
