@@ -66,7 +66,7 @@ from workers.targets.mysql_reader import batches, connect_reader
 log = logging.getLogger(__name__)
 
 STATEMENT_BYTES = 1 << 20  # one multi-row INSERT, well under the default max_allowed_packet
-QUEUE_STATEMENTS = 8  # per table in flight: bounds memory to parallel x 8 MiB
+QUEUE_STATEMENTS = 8  # per connection in flight: bounds memory to parallel x 8 MiB
 FETCH_ROWS = 2000
 LOCK_WAIT_SECONDS = 10  # FTWRL queued behind a long query blocks every writer: give up fast
 POLL_SECONDS = 0.5
