@@ -22,8 +22,10 @@ RESTIC_PASSWORD, our code the XIEHE_MYSQL_PASSWORD the caller exported.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
+import platform
 import random
 import shutil
 import statistics
@@ -988,7 +990,40 @@ def machine() -> dict:
         ),
         "?",
     )
-    return {"cpus": os.cpu_count(), "cpu": cpu, "memory": mem.split(":", 1)[1].strip()}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory": mem.split(":", 1)[1].strip(),
+        "software": software(),
+    }
+
+
+# The Python packages on our side of the race, and the peers' tools: a ratio moves with them
+# (redis-py's import alone is a tenth of a second of every CLI command).
+PACKAGES = ("celery", "kombu", "redis", "PyMySQL", "mysqlclient", "zstandard", "docker")
+TOOLS = {
+    "mariadb-dump": ["mariadb-dump", "--version"],
+    "mydumper": ["mydumper", "--version"],
+    "restic": ["restic", "version"],
+    "zstd": ["zstd", "--version"],
+    "redis-server": ["redis-server", "--version"],
+}
+
+
+def software() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    for name, argv in TOOLS.items():
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = "not found"
+        found[name] = (out.strip().splitlines() or ["?"])[0]
+    return found
 
 
 def sizes(s: Setup) -> dict:
@@ -1165,7 +1200,9 @@ def main(argv: list[str] | None = None) -> int:
     only = "" if args.only == GROUPS else "-" + "-".join(args.only)
     path = RESULTS / f"{datetime.now():%Y%m%dT%H%M%S}-{args.size}{only}.json"
     path.write_text(json.dumps(report, indent=2, default=str))
-    print(f"\nxiehe-backup benchmark, size {args.size}, {report['machine']}")
+    host = {k: v for k, v in report["machine"].items() if k != "software"}
+    print(f"\nxiehe-backup benchmark, size {args.size}, {host}")
+    print("software: " + "; ".join(f"{k} {v}" for k, v in report["machine"]["software"].items()))
     print(f"data: {report['data']}\n")
     print(report["table"])
     print(f"\nresults: {path}")

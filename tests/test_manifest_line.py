@@ -9,7 +9,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.targets.volumes import _manifest_line
+from workers.targets.volumes.inventory import manifest_line
 
 ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode  # what made them
 texts = st.text(st.sampled_from('ab/._-é影\udcff "\\\n\t\x00\u2028'), min_size=1, max_size=40)
@@ -36,4 +36,4 @@ def entries(draw) -> tuple[str, dict]:
 def test_the_encoders_bytes(path_entry: tuple[str, dict]) -> None:
     path, entry = path_entry
     expected = ENCODER([path, entry]).encode("utf-8", "surrogateescape") + b"\n"
-    assert _manifest_line(path, entry) == expected
+    assert manifest_line(path, entry) == expected

@@ -25,7 +25,9 @@ from workers.config import RedisSettings
 from workers.errors import TargetError
 from workers.store.codec import Codec, CorruptArtifact, read_plain
 from workers.targets import redis as target
-from workers.targets.redis_rdb import verify_rdb
+from workers.targets.redis import bgsave, connection, container_snapshot
+from workers.targets.redis.live_restore import REDIS_SERVER
+from workers.targets.redis.rdb import verify_rdb
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "xiehe/redis:local"
@@ -39,7 +41,7 @@ class Server:
     proc: subprocess.Popen
 
     def client(self, db: int = 0) -> redis_py.Redis:
-        return target._client(self.url, db)
+        return connection.client(self.url, db)
 
 
 def _free_port() -> int:
@@ -52,7 +54,7 @@ def _wait_ping(url: str) -> None:
     deadline = time.monotonic() + 15
     while True:
         try:
-            if target._client(url).ping():
+            if connection.client(url).ping():
                 return
         except redis_py.ConnectionError:
             if time.monotonic() > deadline:
@@ -80,7 +82,7 @@ def servers(tmp_path: Path) -> Iterator[Callable[..., Server]]:
             + (f"requirepass {password}\n" if password else "")
             + config
         )
-        proc = subprocess.Popen([target.REDIS_SERVER, str(conf)], stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen([REDIS_SERVER, str(conf)], stdin=subprocess.DEVNULL)
         procs.append(proc)
         auth = f":{password}@" if password else ""
         server = Server(f"redis://{auth}127.0.0.1:{port}/0", port, data, proc)
@@ -95,7 +97,7 @@ def servers(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 
 def fill(url: str) -> None:
     """Every type, binary and Chinese data, TTLs, large (non-listpack) values, three dbs."""
-    db0, db3, db15 = (target._client(url, db) for db in (0, 3, 15))
+    db0, db3, db15 = (connection.client(url, db) for db in (0, 3, 15))
     db0.set(b"bin:\x00\xff\r\n", bytes(range(256)) * 4)
     db0.set("患者:1001", "诊断：肺结节，建议随访".encode())
     db0.set("session:abc", "token", ex=3600)
@@ -194,7 +196,7 @@ def test_failed_disk_transfer_is_asked_again_diskless(servers, tmp_path):
 
     result = take_snapshot(RedisSettings(url=source.url, container=None), tmp_path / "out")
 
-    master = target._client(source.url)
+    master = connection.client(source.url)
     assert master.info("persistence")["rdb_last_bgsave_status"] == "err"  # disk was tried
     master.config_set("save", "")  # or it refuses to shut down without its save
     assert result["read"] == "diskless"
@@ -358,7 +360,7 @@ def test_container_snapshot_flush_restore(redis_container, docker_client, tmp_pa
     assert result["mode"] == "container"
     assert result["read"].startswith("in place")  # /data's volume, while saved or after
     artifact = tmp_path / result["artifacts"][0]["file"]
-    target._client(url).flushall()
+    connection.client(url).flushall()
     assert target.dump_keys(url) == {}
 
     out = target.restore(settings, docker_client, artifact, None, lambda _n: None)
@@ -366,11 +368,11 @@ def test_container_snapshot_flush_restore(redis_container, docker_client, tmp_pa
     assert_same(expected, snapshot_keys(url))
 
     # The restored data is what the container keeps on its own restarts (AOF or RDB).
-    target._client(url, 3).set("after-restore", "1")
-    target._client(url).save()
+    connection.client(url, 3).set("after-restore", "1")
+    connection.client(url).save()
     container.restart(timeout=30)
     _wait_ping(url)
-    while target._client(url).info("persistence")["loading"]:
+    while connection.client(url).info("persistence")["loading"]:
         time.sleep(0.1)
     actual = snapshot_keys(url)
     assert actual[3].pop(b"after-restore")[:2] == ("string", b"1")
@@ -410,7 +412,7 @@ def test_container_rdb_followed_in_the_wrong_file_is_read_again_once_saved(
     expected = snapshot_keys(url)
     stray = tmp_path / "stray.rdb"
     stray.write_bytes(os.urandom(100_000))
-    monkeypatch.setattr(target, "_temp_rdb", lambda *_: open(stray, "rb", buffering=0))
+    monkeypatch.setattr(container_snapshot, "_temp_rdb", lambda *_: open(stray, "rb", buffering=0))
     settings = RedisSettings(url=url, container=container.name)
     result = take_snapshot(settings, tmp_path / "out", docker=docker_client)
     assert result["read"] == "in place"
@@ -436,13 +438,13 @@ def test_container_restore_when_redis_is_down(redis_container, docker_client, tm
     fill(url)
     expected = snapshot_keys(url)
     result = take_snapshot(settings, tmp_path, docker=docker_client)
-    target._client(url).flushall()
+    connection.client(url).flushall()
     container.stop(timeout=30)
 
     artifact = tmp_path / result["artifacts"][0]["file"]
     target.restore(settings, docker_client, artifact, None, lambda _n: None)
     assert_same(expected, snapshot_keys(url))
-    aof = target._client(url).config_get("appendfilename")["appendfilename"]
+    aof = connection.client(url).config_get("appendfilename")["appendfilename"]
     assert aof == "medical.aof"
 
 
@@ -454,7 +456,7 @@ def test_bgsave_joins_a_save_already_running(servers):
     before = int(client.lastsave().timestamp())
     client.bgsave()
     assert client.info("persistence")["rdb_bgsave_in_progress"] == 1
-    target._bgsave(client)
+    bgsave.bgsave(client)
     info = client.info("persistence")
     assert info["rdb_bgsave_in_progress"] == 0 and info["rdb_last_bgsave_status"] == "ok"
     assert int(client.lastsave().timestamp()) > before

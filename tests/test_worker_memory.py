@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from workers import memory
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 BUFFERS = 64  # of 1 MiB each
+SAYS = "arenas; what a step freed is given back"  # each process's start-up log line
 
 # Prints the MiB the process still holds once its buffers are freed.
 PATTERN = f"""
@@ -66,8 +68,11 @@ def test_every_worker_process_applies_it(worker_factory, broker, tmp_path):
     from tests.conftest import base_env
 
     worker = worker_factory(base_env(broker.url, tmp_path / "backups"), concurrency=2)
-    log = worker.logfile.read_text()
-    assert log.count("arenas; what a step freed is given back") == 2, log[-3000:]
+    # "ready" may come before both pool processes have run their start-up hook
+    deadline = time.monotonic() + 30
+    while (log := worker.logfile.read_text()).count(SAYS) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert log.count(SAYS) == 2, log[-3000:]
 
 
 def test_a_pool_process_over_its_memory_bound_is_replaced_between_steps(stack, worker_factory):
@@ -91,3 +96,15 @@ def test_a_malformed_memory_bound_stops_the_worker_naming_it(worker_factory, bro
     env = {**base_env(broker.url, tmp_path / "backups"), "XIEHE_WORKER_MAX_MEMORY_MB": "1GB"}
     with pytest.raises(RuntimeError, match="XIEHE_WORKER_MAX_MEMORY_MB: expected an integer"):
         worker_factory(env)
+
+
+def test_each_step_ends_by_giving_memory_back(monkeypatch):
+    """The worker's app gives memory back when any task ends (celery's task_postrun)."""
+    from celery.signals import task_postrun
+
+    import workers.celery  # noqa: F401 - connects the app's signal handlers
+
+    calls = []
+    monkeypatch.setattr(memory, "give_back", lambda: calls.append(1) or True)
+    task_postrun.send(sender=None, task_id="t", task=None, args=(), kwargs={}, retval=None)
+    assert calls == [1]

@@ -26,7 +26,7 @@ from workers.steps.restore_scope import selected_artifacts
 from workers.store import manifest as manifests
 from workers.store.layout import Tree
 from workers.targets import binlog
-from workers.targets.mysql_common import connect, scalar
+from workers.targets.mysql.common import connect, scalar
 
 FORMAT = "%Y-%m-%d %H:%M:%S"
 

@@ -26,7 +26,7 @@ from workers.store import manifest as manifests
 from workers.store.codec import read_plain
 from workers.store.layout import Tree
 from workers.targets import docker_engine, mysql, volumes
-from workers.targets.mysql_common import connect, qi
+from workers.targets.mysql.common import connect, qi
 
 SCRATCH = "drill_"
 REDIS_START = 60.0  # seconds for a temporary redis-server to load an RDB

@@ -9,7 +9,8 @@ import pymysql
 from workers.context import StepContext
 from workers.errors import TargetError
 from workers.steps.staging import expected_bytes, fresh_dir, with_paths
-from workers.targets import mysql, mysql_reader
+from workers.targets import mysql
+from workers.targets.mysql import reader as mysql_reader
 
 
 def dump_mysql(run: dict, ctx: StepContext) -> dict:

@@ -45,7 +45,7 @@ import redis
 from workers.config import MySQLSettings, Settings, _int
 from workers.errors import TargetError
 from workers.store import atomic
-from workers.targets.mysql_common import connect, rows
+from workers.targets.mysql.common import connect, rows
 
 log = logging.getLogger("xiehe.binlog")
 

@@ -1,4 +1,4 @@
-"""Load a dump made by mysql_dump into a database, possibly under another name.
+"""Load a dump made by mysql.dump into a database, possibly under another name.
 
 The dump is read once, as a stream: its header and DDL run on one connection, while the
 INSERTs of every table (1 MiB each) go through a bounded queue to `settings.parallel`
@@ -27,7 +27,7 @@ import pymysql
 from workers.config import MySQLSettings
 from workers.errors import TargetError
 from workers.store.codec import CorruptArtifact, codec_of, read_plain
-from workers.targets.mysql_common import (
+from workers.targets.mysql.common import (
     BLOCK,
     COMPLETED,
     ER_SPECIFIC_ACCESS_DENIED,

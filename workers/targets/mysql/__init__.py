@@ -31,7 +31,7 @@ Restore user -- drops and recreates the databases it restores:
 from __future__ import annotations
 
 from workers.config import MySQLSettings
-from workers.targets.mysql_common import (
+from workers.targets.mysql.common import (
     RENDERING,
     connect,
     database_checksums,
@@ -40,8 +40,8 @@ from workers.targets.mysql_common import (
     scalar,
     user_databases,
 )
-from workers.targets.mysql_dump import dump
-from workers.targets.mysql_load import restore
+from workers.targets.mysql.dumper import dump
+from workers.targets.mysql.loader import restore
 
 __all__ = ["check", "checksums", "dump", "objects", "restore"]
 

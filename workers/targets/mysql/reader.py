@@ -4,7 +4,7 @@ PyMySQL parses every row packet in Python: reading the reference set's 150,000 r
 rows cost 1.24 s of CPU there, against 0.31 s through mysqlclient's C reader (which also
 lets go of the GIL while it waits on the socket), and the dump is CPU-bound.  The dump's
 snapshot connections are readers (a table's DDL and columns are read there too, through the
-driver-neutral helpers of mysql_common); the lock, the probe and restores stay on PyMySQL.
+driver-neutral helpers of common); the lock, the probe and restores stay on PyMySQL.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import MySQLdb
 import MySQLdb.cursors
 
 from workers.config import MySQLSettings
-from workers.targets.mysql_common import CONNECT_TIMEOUT, prepare, refusal
+from workers.targets.mysql.common import CONNECT_TIMEOUT, prepare, refusal
 
 Error = MySQLdb.Error
 
 
 def connect_reader(settings: MySQLSettings, tls: bool) -> MySQLdb.Connection:
-    """A utf8mb4, UTC, autocommit connection like mysql_common.connect's.
+    """A utf8mb4, UTC, autocommit connection like common.connect's.
 
     `tls`: the server offered TLS to PyMySQL, which took it; the C client is asked for it
     outright, since it does not take it by itself.  "localhost" stays TCP, as for PyMySQL

@@ -40,7 +40,7 @@ import pymysql
 from workers.config import MySQLSettings
 from workers.errors import TargetError
 from workers.store.codec import ArtifactWriter, Codec
-from workers.targets.mysql_common import (
+from workers.targets.mysql.common import (
     COMPLETED,
     ER_LOCK_WAIT_TIMEOUT,
     ER_SPECIFIC_ACCESS_DENIED,
@@ -61,7 +61,7 @@ from workers.targets.mysql_common import (
     user_databases,
     uses_tls,
 )
-from workers.targets.mysql_reader import batches, connect_reader
+from workers.targets.mysql.reader import batches, connect_reader
 
 log = logging.getLogger(__name__)
 
