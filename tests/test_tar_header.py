@@ -8,7 +8,7 @@ import tarfile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.targets.tar_header import header
+from workers.targets.volumes.tar_header import header
 
 TYPES = [tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE]
 # Names around the 100-byte field, non-ASCII and undecodable ones (surrogates) included.

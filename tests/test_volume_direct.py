@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from workers.targets import volume_direct
-from workers.targets import volume_index as vi
+from workers.targets.volumes import direct as volume_direct
+from workers.targets.volumes import index as vi
 
 
 def test_a_directory_swapped_for_a_symlink_is_not_followed(tmp_path):

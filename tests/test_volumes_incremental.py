@@ -18,7 +18,8 @@ from tests import test_volumes_target as base
 from tests.test_volumes_target import HELPER, as_files, disk_inventory, run_in
 from workers.store import parts
 from workers.store.codec import Codec
-from workers.targets import tar_safety, volume_index, volumes
+from workers.targets import tar_safety, volumes
+from workers.targets.volumes import index as volume_index
 
 engine, new_volume = base.engine, base.new_volume  # the engine and volume fixtures
 MB = 1 << 20

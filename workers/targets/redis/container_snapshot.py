@@ -15,11 +15,11 @@ import redis
 from workers.config import RedisSettings
 from workers.errors import TargetError
 from workers.store.codec import CHUNK
-from workers.targets import volume_direct
 from workers.targets.redis import bgsave
 from workers.targets.redis import connection as conn
 from workers.targets.redis.container_files import copy_out, find_container
 from workers.targets.redis.stream import Capture, Emit, pipelined, read_all
+from workers.targets.volumes import direct as volume_direct
 
 TEMP_WAIT = 0.2  # s for a save's child to create its temp file
 CLOCK_SLACK = 0.05  # s: a file's mtime may lag the clock by a tick

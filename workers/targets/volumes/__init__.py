@@ -1,16 +1,19 @@
-"""Docker named volumes: archive to a tar artifact and restore from one, through the engine API.
+"""Docker named volumes: archive to a tar artifact and restore from one.
 
-The volume is never read from the host's /var/lib/docker: a helper container mounts it,
-and the engine's archive API streams a tar of the mount point.  An unencrypted zstd backup
-is framed (see volume_index): every member passes the safety filter and is written with a
-fresh header, each file's data in a zstd frame of its own, and an index of the frames
-closes the artifact.  Given the previous backup's artifact, the helper first lists the
-volume (stat only), and files whose inode, size, mtime and ctime are unchanged have their
-frames copied verbatim from it: only new and changed files are read through the engine
-and compressed, and the new artifact is still a whole tar that restores alone.  Other
-codecs tee the engine's stream unchanged into the artifact while parsing it.
-Restore re-emits every member that passed the safety filter (normalized names, no stray
-PAX fields), so the engine only ever unpacks headers this module has judged.
+A volume is read in place from its mountpoint when this worker can reach it (direct:
+every path opened below its parent's descriptor, no symlink followed out of it), else a
+read-only helper container mounts it and the engine's archive API streams a tar of it
+(engine).  An unencrypted zstd backup is framed (index): every member passes the safety
+filter and is written with a fresh header (members), each file's data in a zstd frame of
+its own, and an index of the frames closes the artifact (composer).  Given the previous
+backup's artifact (previous), the volume is first listed (stat only), and files whose
+inode, size, mtime and ctime are unchanged have their parts linked or frames copied from
+it: only new and changed files are read (fetcher, or direct) and compressed, and the new
+artifact is still a whole tar that restores alone (archiver).  Other codecs tee the
+engine's stream unchanged into the artifact while parsing it.  Restore (restorer) re-emits
+every member that passed the safety filter (normalized names, no stray PAX fields), so the
+engine only ever unpacks headers this package has judged.  inventory: what a volume holds,
+path by path, and the manifest digest of it.
 """
 
 from workers.targets.volumes.archiver import archive

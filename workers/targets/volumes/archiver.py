@@ -17,9 +17,9 @@ import docker
 from workers.errors import TargetError, UnsafeArchive
 from workers.store import parts
 from workers.store.codec import CHUNK, ArtifactWriter, ChunkStream, Codec, CorruptArtifact
-from workers.targets import volume_direct
-from workers.targets import volume_index as vi
 from workers.targets.tar_safety import SafetyFilter, normalize, open_stream
+from workers.targets.volumes import direct as volume_direct
+from workers.targets.volumes import index as vi
 from workers.targets.volumes.composer import Composer
 from workers.targets.volumes.engine import (
     ENGINE_ERRORS,
@@ -65,7 +65,7 @@ def archive(
 
     `previous`: this volume's artifact in the newest verified backup, whose unchanged
     files' parts are linked (parted artifacts only); the result tells what was reused.
-    `direct`: read the volume in place when this process can (volume_direct), else (or
+    `direct`: read the volume in place when this process can (volumes/direct.py), else (or
     if that fails) through the engine."""
     volume = inspect_volume(engine, name)  # the engine would silently create a missing one on mount
     framed = codec.compression == "zstd" and not codec.encrypted

@@ -10,9 +10,9 @@ from typing import BinaryIO
 
 from workers.store import parts
 from workers.store.codec import CHUNK
-from workers.targets import tar_header
-from workers.targets import volume_index as vi
 from workers.targets.tar_safety import SafetyFilter
+from workers.targets.volumes import index as vi
+from workers.targets.volumes import tar_header
 from workers.targets.volumes.inventory import EMPTY_SHA256, inventory_entry, manifest_line
 from workers.targets.volumes.members import padded
 from workers.targets.volumes.meter import Meter, Progress

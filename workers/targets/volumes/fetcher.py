@@ -8,8 +8,8 @@ import tarfile
 from typing import BinaryIO
 
 from workers.store.codec import CHUNK, ChunkStream
-from workers.targets import volume_index as vi
 from workers.targets.tar_safety import normalize
+from workers.targets.volumes import index as vi
 from workers.targets.volumes.engine import volume_tar
 from workers.targets.volumes.members import xattrs_of
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import tarfile
 
-from workers.targets import volume_index as vi
 from workers.targets.tar_safety import ROOT, normalize
+from workers.targets.volumes import index as vi
 
 
 def padded(size: int) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from workers.store import parts
-from workers.targets import volume_index as vi
+from workers.targets.volumes import index as vi
 
 
 class Previous:

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from workers.store import jsonlines
-from workers.targets import volume_index as vi
 from workers.targets.tar_safety import ROOT
+from workers.targets.volumes import index as vi
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
