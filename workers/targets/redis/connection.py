@@ -50,6 +50,7 @@ def keyspace(server: redis.Redis) -> dict[int, int]:
 
 
 def text(value: str | bytes) -> str:
+    """A reply as str, whether the client decodes replies or not."""
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -75,6 +76,7 @@ def check(settings: RedisSettings) -> dict:
 
 
 def reachable(server: redis.Redis) -> bool:
+    """Whether anything answers at all (an error reply counts: the server is up)."""
     try:
         return bool(server.ping())
     except redis.ResponseError:  # e.g. LOADING, NOAUTH: something answers

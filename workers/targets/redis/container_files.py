@@ -15,6 +15,7 @@ from workers.targets.redis.stream import Emit, pipelined, read_all
 
 
 def find_container(settings: RedisSettings, docker):
+    """The Redis container named in the settings (a docker Container)."""
     if docker is None:
         raise TargetError("redis", "container mode needs the Docker engine, which is not set up")
     try:

@@ -75,6 +75,7 @@ def restore_container(
     summary: dict,
     progress: Progress,
 ) -> dict[int, int]:
+    """The checked RDB into the stopped container's data dir; its key counts once loaded."""
     container = find_container(settings, docker)
     layout = _layout(settings, container)
     container.stop(timeout=STOP_TIMEOUT)

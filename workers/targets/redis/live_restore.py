@@ -25,6 +25,8 @@ BATCH = 500  # keys per DUMP/RESTORE pipeline round trip
 def restore_live(
     settings: RedisSettings, artifact: Path, identity_file: Path | None, progress: Progress
 ) -> tuple[dict[int, int], dict]:
+    """Every key of the artifact's RDB into the running target (flushed first); its key
+    counts and the RDB's summary."""
     target = conn.client(settings.url)
     with conn.errors(settings.url, "cannot reach the target"):
         databases = int(conn.config(target, "databases") or 16)

@@ -60,6 +60,7 @@ def pipelined(produce: Callable[[Emit], None], emit: Emit) -> None:
 
 
 def read_all(src: BinaryIO, put: Emit) -> None:
+    """Every chunk of src into put, until its end."""
     while chunk := src.read(CHUNK):
         put(chunk)
 

@@ -30,6 +30,7 @@ def check(engine: docker.DockerClient, name: str) -> dict:
 
 
 def inspect_volume(engine: docker.DockerClient, name: str) -> dict:
+    """Name, mountpoint, driver and labels; TargetError when it does not exist."""
     try:
         volume = engine.volumes.get(name)
     except NotFound:
@@ -46,6 +47,7 @@ def inspect_volume(engine: docker.DockerClient, name: str) -> dict:
 
 
 def running_users(engine: docker.DockerClient, name: str) -> list[str]:
+    """Names of the running containers that mount the volume."""
     return [c["name"] for c in containers_using_volume(engine, name) if c["running"]]
 
 
@@ -116,6 +118,7 @@ def ensure_volume(engine: docker.DockerClient, name: str, labels: dict | None) -
 
 
 def run_helper(container, name: str) -> None:
+    """Run the helper's command to its end; TargetError (with its log's tail) unless it exits 0."""
     container.start()
     status = container.wait(timeout=HELPER_TIMEOUT).get("StatusCode")
     if status != 0:

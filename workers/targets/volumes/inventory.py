@@ -56,6 +56,7 @@ def _content_sha256(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
 def inventory_entries(
     tar: tarfile.TarFile, guard: SafetyFilter | None
 ) -> Iterator[tuple[str, dict]]:
+    """(path, inventory entry) of each member, files hashed; judged by guard when given."""
     members = safe_members(tar, guard) if guard else ((m, normalize(m.name)) for m in tar)
     for member, path in members:
         sha = _content_sha256(tar, member) if member.isreg() else None

@@ -10,14 +10,17 @@ from workers.targets.volumes import index as vi
 
 
 def padded(size: int) -> int:
+    """A member's data size rounded up to whole tar blocks."""
     return size + (-size % tarfile.BLOCKSIZE)
 
 
 def tar_name(path: str) -> str:
+    """A normalized path as the engine names it in a tar: ./path (the root: ".")."""
     return ROOT if path == ROOT else f"./{path}"
 
 
 def xattrs_of(pax_headers: dict) -> dict:
+    """Of a member's PAX fields, only the extended attributes."""
     return {k: v for k, v in pax_headers.items() if k.startswith("SCHILY.xattr.")}
 
 
