@@ -999,7 +999,7 @@ def machine() -> dict:
 
 
 # The Python packages on our side of the race, and the peers' tools: a ratio moves with them
-# (redis-py's import alone is a tenth of a second of every CLI command).
+# (redis-py 8.2's import alone took 0.21 s of every CLI command here, 7.4's 0.13 s).
 PACKAGES = ("celery", "kombu", "redis", "PyMySQL", "mysqlclient", "zstandard", "docker")
 TOOLS = {
     "mariadb-dump": ["mariadb-dump", "--version"],

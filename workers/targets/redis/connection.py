@@ -14,6 +14,7 @@ from workers.errors import TargetError
 
 READ_TIMEOUT = 120  # s without a byte from the master (it sends "\n" keepalives every second)
 READY_TIMEOUT = 600  # s for a (re)started server to load its RDB
+STOP_TIMEOUT = 60  # s for Redis to shut down cleanly (it may fsync or save on SIGTERM)
 
 
 def where(url: str) -> str:

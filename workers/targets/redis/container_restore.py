@@ -19,8 +19,6 @@ from workers.targets.redis import connection as conn
 from workers.targets.redis.container_files import copy_out, find_container, tar_reader
 from workers.targets.redis.stream import Progress
 
-STOP_TIMEOUT = 60  # s for Redis to shut down cleanly (it may fsync or save on SIGTERM)
-
 
 @dataclass(frozen=True)
 class _Layout:
@@ -78,7 +76,7 @@ def restore_container(
     """The checked RDB into the stopped container's data dir; its key counts once loaded."""
     container = find_container(settings, docker)
     layout = _layout(settings, container)
-    container.stop(timeout=STOP_TIMEOUT)
+    container.stop(timeout=conn.STOP_TIMEOUT)
     try:
         uid, gid = _owner(container, layout.dir)
         members = _members(container, layout, summary["bytes"], artifact, identity_file, progress)

@@ -14,7 +14,6 @@ from pathlib import Path
 from workers.config import RedisSettings
 from workers.store.codec import read_plain
 from workers.targets.redis import connection as conn
-from workers.targets.redis.container_restore import STOP_TIMEOUT
 from workers.targets.redis.rdb import RdbCheck
 from workers.targets.redis.stream import Progress
 
@@ -75,7 +74,7 @@ def _temp_server(
         if proc:
             proc.terminate()
             try:
-                proc.wait(STOP_TIMEOUT)
+                proc.wait(conn.STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
