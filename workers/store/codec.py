@@ -130,7 +130,7 @@ class _PipeEncryptor:
 # What a plaintext is hashed with: SHA-256 is what manifests record; XXH3-128 (6-8
 # times faster here) compares a stream decoded as written with its input, where only a
 # fault, not an adversary, could make the two differ.
-_HASHES: dict[str, Callable] = {"sha256": hashlib.sha256, "xxh3_128": xxhash.xxh3_128}
+HASHES: dict[str, Callable] = {"sha256": hashlib.sha256, "xxh3_128": xxhash.xxh3_128}
 COMPARED = "xxh3_128"  # the digest a stream and its decoding are compared by
 
 
@@ -165,7 +165,7 @@ class EchoCheck:
     def __init__(self, active: bool = True) -> None:
         self.active = active
         self._decoder = FrameDecoder()
-        self._written, self._decoded = _HASHES[COMPARED](), _HASHES[COMPARED]()
+        self._written, self._decoded = HASHES[COMPARED](), HASHES[COMPARED]()
         self._sizes = [0, 0]  # written, decoded
 
     @property
@@ -221,7 +221,7 @@ class PlainHasher:
         self._thread.start()
 
     def _fresh(self) -> dict:
-        return {kind: _HASHES[kind]() for kind in self._kinds}
+        return {kind: HASHES[kind]() for kind in self._kinds}
 
     @property
     def sha(self):
