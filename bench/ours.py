@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from workers import memory
+
 UNAVAILABLE = 3  # exit status when our function does not exist yet
 
 
@@ -85,6 +87,12 @@ def _volume_archive(p: dict) -> dict:
     return {k: v for k, v in result.items() if k != "manifest_sha256"}
 
 
+def _volume_restore(p: dict) -> dict:
+    from workers.targets import volumes
+
+    return volumes.restore(_docker(), p["volume"], Path(p["artifact"]), p["image"])
+
+
 def _warm_producer() -> None:
     """What a resident producer has done before: sent a message (the broker transport
     and the result backend are loaded on first use)."""
@@ -117,15 +125,17 @@ CASES = {
     "mysql-restore": ("workers.targets.mysql", _mysql_restore),
     "redis-snapshot": ("workers.targets.redis", _redis_snapshot),
     "volume-archive": ("workers.targets.volumes", _volume_archive),
+    "volume-restore": ("workers.targets.volumes", _volume_restore),
     "backup-queued": ("producers.runs", _backup_queued),
 }
 
 
 def main(case: str, params: dict) -> int:
     module, call = CASES[case]
+    memory.configure()  # as each worker process does when it starts
     try:
         importlib.import_module(module)
-        if case == "volume-archive" or params.get("container"):
+        if case.startswith("volume-") or params.get("container"):
             _docker()  # a running worker's process has its client already
         if case == "backup-queued":
             _warm_producer()

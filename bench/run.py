@@ -14,7 +14,8 @@ that process alone; the end-to-end rows run through a real Celery worker, whose 
 process tree is what "worker peak" measures.  Like the peers, ours reads the volume at its
 mountpoint (XIEHE_VOLUME_READ=auto, run as root on the engine's host); work done inside
 dockerd (BGSAVE's container, helper containers) is not counted in anyone's memory.
-The page cache is warm for every contender alike (data just written).
+The page cache is warm for every contender alike (data just written).  The first uploads
+backups are also restored (group "uploads restore", a report with no target).
 Credentials never reach argv: MySQL tools get a 0600 --defaults-file, restic its password in
 RESTIC_PASSWORD, our code the XIEHE_MYSQL_PASSWORD the caller exported.
 """
@@ -22,12 +23,14 @@ RESTIC_PASSWORD, our code the XIEHE_MYSQL_PASSWORD the caller exported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
 import platform
 import random
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
@@ -609,12 +612,7 @@ def bench_uploads(b: Bench, s: Setup, run_label: str, worker: Worker | None) -> 
     'third' (after another 1%) restic and a backup enqueued by a resident producer."""
     g, out, mp = f"uploads {run_label}", s.workdir / "uploads", s.mountpoint
     out.mkdir(exist_ok=True, mode=0o700)
-    restic = {
-        **b.env,
-        "RESTIC_PASSWORD": "bench-only-password",
-        "RESTIC_REPOSITORY": str(out / "restic"),
-        "RESTIC_CACHE_DIR": str(out / "restic-cache"),
-    }
+    restic = restic_env(b, out)
     if run_label == "first":
         shutil.rmtree(out / "restic", ignore_errors=True)
         subprocess.run(["restic", "init", "-q"], env=restic, check=True, stdout=subprocess.DEVNULL)
@@ -645,6 +643,89 @@ def bench_uploads(b: Bench, s: Setup, run_label: str, worker: Worker | None) -> 
     )
     if worker:
         worker.backup(b, g, "ours: backup --only volumes (worker)", "volumes")
+    if run_label == "first":
+        bench_uploads_restore(b, s)
+
+
+def restic_env(b: Bench, out: Path) -> dict[str, str]:
+    return {
+        **b.env,
+        "RESTIC_PASSWORD": "bench-only-password",
+        "RESTIC_REPOSITORY": str(out / "restic"),
+        "RESTIC_CACHE_DIR": str(out / "restic-cache"),
+    }
+
+
+def tree_totals(root: Path) -> tuple[int, int]:
+    """(regular files, their bytes) below root."""
+    files = size = 0
+    for top, _, names in os.walk(root):
+        for name in names:
+            info = os.lstat(os.path.join(top, name))
+            if stat.S_ISREG(info.st_mode):
+                files, size = files + 1, size + info.st_size
+    return files, size
+
+
+def bench_uploads_restore(b: Bench, s: Setup) -> None:
+    """The first backups restored into an empty place: the peers' into a directory, ours
+    into a volume made anew (the artifact checked whole before anything is touched, the
+    volume emptied by a helper, then filled through the engine).  A restore that does not
+    give back every file and byte of the source is no result.  No target: a report.
+    Each run starts with nothing left dirty on disk (sync, untimed), and so does what
+    follows: a restore writes 210 MB, whose writeback would otherwise fall on the next."""
+    import docker
+
+    g, out = "uploads restore", s.workdir / "uploads"
+    dest, volume, engine = out / "restored", f"{s.volume}_restored", docker.from_env()
+    expected = tree_totals(Path(s.mountpoint))
+
+    def checked(root: Callable[[], Path]) -> Callable[[Row], None]:
+        def after(row: Row) -> None:
+            got = tree_totals(root())
+            if got != expected:
+                row.note, row.seconds = f"WRONG (files, bytes) {got} != {expected}", None
+
+        return after
+
+    def no_volume(i: int = 0) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            engine.volumes.get(volume).remove(force=True)
+        os.sync()
+
+    def no_dir(i: int) -> None:
+        fresh(dest)
+        os.sync()
+
+    in_dir = {"before": no_dir, "after": checked(lambda: dest), "repeat": REPEAT}
+    b.run(g, "tar xzf", f"tar -C {dest} -xzf {out}/up.tar.gz", **in_dir)
+    b.run(g, "zstd -dc | tar x", f"zstd -dcq {out}/up.tar.zst | tar -C {dest} -xf -", **in_dir)
+    restic = restic_env(b, out)
+    b.run(g, "restic restore", f"restic restore latest -q --target {dest}", env=restic, **in_dir)
+    first = b.get("uploads first", "ours: volumes.archive (zstd)")
+    if first and first.seconds is not None:
+        artifact = json.loads(first.extra["stdout"].splitlines()[-1])["artifacts"][0]["file"]
+
+        def mountpoint() -> Path:
+            return Path(engine.volumes.get(volume).attrs["Mountpoint"])
+
+        cmd = ours_cmd(
+            "volume-restore",
+            volume=volume,
+            image=s.image,
+            artifact=str(out / "ours-first" / artifact),
+        )
+        b.run(
+            g,
+            "ours: volumes.restore",
+            cmd,
+            "ours",
+            repeat=REPEAT,
+            before=no_volume,
+            after=checked(mountpoint),
+        )
+    shutil.rmtree(dest, ignore_errors=True)
+    no_volume()
 
 
 # --------------------------------------------------------------------------- end to end
