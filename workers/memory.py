@@ -19,7 +19,7 @@ and the next is faulted in anew.  Reading back a volume artifact of the referenc
 MB of plaintext in 1 MiB chunks and larger) took 0.30 s and 249,000 page faults that way,
 every run alike.  So both are fixed: blocks up to 4 MiB come from the heap, and up to 16
 MiB of its top is kept while a step runs: 0.15-0.17 s and 12,000 faults (32 and 64 MiB did
-no better, and left the worker 60 MB larger between runs), and a whole volume restore
+no better, and left the worker's tree 30-60 MB larger), and a whole volume restore
 1.3 s instead of 2.7 s.  What a step freed still goes back when it ends.
 """
 

@@ -128,8 +128,8 @@ class _PipeEncryptor:
 
 
 # What a plaintext is hashed with: SHA-256 is what manifests record; XXH3-128 (6-8
-# times faster here) compares a stream decoded as written with its input, where only a
-# fault, not an adversary, could make the two differ.
+# times faster here) compares a stream decoded as written with its input, and checks a
+# part's plaintext (parts.py), where only a fault, not an adversary, could make them differ.
 HASHES: dict[str, Callable] = {"sha256": hashlib.sha256, "xxh3_128": xxhash.xxh3_128}
 COMPARED = "xxh3_128"  # the digest a stream and its decoding are compared by
 
