@@ -188,12 +188,14 @@ class Bench:
     ) -> list[Row]:
         """As run(), for several contenders whose runs take turns, in the order A B, B A,
         A B...: what drifts while they are measured, the machine or a server's timer, falls
-        on all of them alike, and going first or second in a turn too.  Their rows, in
-        order."""
+        on all of them alike, and going first or second in a turn too.  Each run starts
+        after an untimed sync: no run pays for the writeback of the one before it (the
+        files restic or tar just wrote).  Their rows, in order."""
         runs: list[list[Row]] = [[] for _ in contenders]
         for i in range(repeat):
             turn = list(zip(contenders, runs, strict=True))
             for c, done in reversed(turn) if i % 2 else turn:
+                os.sync()  # what the last run left dirty is not written back during this one
                 c.before(i)
                 argv = c.cmd(i) if callable(c.cmd) else c.cmd
                 done.append(self._run_once(group, c.name, argv, c.role, c.watch, c.env))

@@ -164,7 +164,8 @@ def test_archive_unpacks_by_hand_and_restores_exactly(engine, new_volume, tmp_pa
     assert (unpacked / "big.bin").stat().st_ino == (unpacked / "big-hardlink").stat().st_ino
 
     run_in(engine, name, 'rm -rf /target/* /target/.env && [ -z "$(ls -A /target)" ]')
-    restored = volumes.restore(engine, name, artifact, HELPER)
+    restored = volumes.restore(engine, name, artifact, HELPER, direct=direct)
+    assert restored["written"] == ("in place" if direct else "through the engine")
     assert restored["created"] is False and restored["bytes"] == result["bytes"]
     after = volumes.file_inventory(engine, name, HELPER)
     assert after == before

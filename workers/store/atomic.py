@@ -33,16 +33,25 @@ def sync_filesystem(path: Path, files: list[Path]) -> None:
     """Make `files` durable: fsync each, side by side, when they are few, else one syncfs()
     of the file system holding `path` (one journal commit, where fsyncs one by one would
     cost one apiece; fsync each where there is no syncfs)."""
-    syncfs = getattr(_libc, "syncfs", None)
-    if syncfs is None or len(files) <= FSYNC_EACH_MAX:
+    if getattr(_libc, "syncfs", None) is None or len(files) <= FSYNC_EACH_MAX:
         # Side by side: the file system commits the concurrent ones' metadata in one journal
         # transaction (9 files: 7-9 ms one by one, 2-3 ms side by side here).
         with ThreadPoolExecutor(min(len(files), FSYNC_THREADS) or 1) as pool:
             list(pool.map(fsync_path, files))
         return
+    syncfs(path)
+
+
+def syncfs(path: Path) -> None:
+    """Make everything written to the file system holding `path` durable (sync() where
+    there is no syncfs)."""
+    call = getattr(_libc, "syncfs", None)
+    if call is None:
+        os.sync()
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
-        if syncfs(fd) != 0:
+        if call(fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
     finally:
@@ -54,7 +63,8 @@ _SYNC_FILE_RANGE_WRITE = 2  # start writing back dirty pages, without waiting
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
     """Have the kernel start writing a range of a file to disk now, so that the fsync at
-    the end waits for little: the disk works while the next bytes are compressed."""
+    the end waits for little: the disk works while the next bytes are compressed.
+    `length` 0: to the end of the file."""
     sync_file_range = getattr(_libc, "sync_file_range", None)
     if sync_file_range is not None:
         sync_file_range(fd, ctypes.c_int64(offset), ctypes.c_int64(length), _SYNC_FILE_RANGE_WRITE)

@@ -24,6 +24,7 @@ import zstandard
 
 from workers.config import DEFAULT_ZSTD_LEVEL
 from workers.store.atomic import start_writeback
+from workers.store.readahead import read_ahead
 
 SUFFIX = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 AGE_SUFFIX = ".age"
@@ -559,6 +560,8 @@ class ChunkStream(io.RawIOBase):
         return n
 
 
-def open_plain(path: Path, identity_file: Path | None = None) -> BinaryIO:
-    """A buffered file object of an artifact's plaintext."""
-    return io.BufferedReader(ChunkStream(read_plain(path, identity_file)), CHUNK)
+def open_plain(path: Path, identity_file: Path | None = None, ahead: bool = False) -> BinaryIO:
+    """A buffered file object of an artifact's plaintext; `ahead`: decoded by a thread of
+    its own, a few chunks ahead of the reader (readahead)."""
+    chunks = read_plain(path, identity_file)
+    return io.BufferedReader(ChunkStream(read_ahead(chunks) if ahead else chunks), CHUNK)

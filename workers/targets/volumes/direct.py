@@ -103,21 +103,18 @@ def list_volume(root: Path, spool: Path) -> vi.Listing:
     return vi.Listing(spool, started, count, _parse)
 
 
-class DirectFetcher:
-    """New and changed entries read from the mountpoint; the same answers as the engine's
-    fetcher: the entry's xattrs (as tar PAX fields) and, for a file, its open data (which
-    the caller closes).  Entries come in walk order, so the directories open from the root
-    down to the last parent are kept: the next entry's parent shares most of them."""
+class DirStack:
+    """Directories open from a root down to the last one asked for, each component opened
+    below its parent's descriptor without following a symlink.  Paths come in walk order,
+    so the next one shares most of the open directories with the last."""
 
     def __init__(self, root: Path) -> None:
         self.root_fd = os.open(root, _DIR_FLAGS)
-        self.calls = 0  # through the engine: none
-        self.opened = 0
-        self.files_apart = True  # each file is opened on its own: they may be read at once
         self._open: list[tuple[str, int]] = []  # (name, descriptor) from the root down
 
-    def _parent(self, parent: str) -> int:
-        names = [] if parent == ROOT else parent.split("/")
+    def fd(self, path: str) -> int:
+        """The open directory at `path` (ROOT: the root)."""
+        names = [] if path == ROOT else path.split("/")
         shared = 0
         while shared < min(len(names), len(self._open)) and self._open[shared][0] == names[shared]:
             shared += 1
@@ -126,32 +123,6 @@ class DirectFetcher:
             fd = self._open[-1][1] if self._open else self.root_fd
             self._open.append((name, os.open(os.fsencode(name), _DIR_FLAGS, dir_fd=fd)))
         return self._open[-1][1] if self._open else self.root_fd
-
-    def get(self, step: vi.Step) -> tuple[dict | None, BinaryIO | None]:
-        if step.fetch is None:
-            return None, None
-        item = step.item
-        self.opened += 1
-        if item.path == ROOT:
-            return _xattrs(self.root_fd), None
-        if item.kind == "symlink":
-            return {}, None  # the engine's tar stores no xattrs of a symlink
-        parent, _, base = item.path.rpartition("/")
-        flags = _DIR_FLAGS if item.kind == "dir" else _FILE_FLAGS
-        try:
-            fd = os.open(os.fsencode(base), flags, dir_fd=self._parent(parent or ROOT))
-        except OSError as exc:
-            raise vi.Stale(f"{item.path!r} changed while being backed up ({exc})") from None
-        info = os.fstat(fd)
-        key = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        xattrs = _xattrs(fd)
-        if item.kind == "file" and (not stat.S_ISREG(info.st_mode) or key != item.key):
-            os.close(fd)
-            raise vi.Stale(f"{item.path!r} changed while being backed up")
-        if step.kind != "file":
-            os.close(fd)
-            return xattrs, None
-        return xattrs, os.fdopen(fd, "rb", buffering=0)  # the caller's to close
 
     def _close_below(self, depth: int) -> None:
         while len(self._open) > depth:
@@ -165,7 +136,48 @@ class DirectFetcher:
             self.root_fd = -1
 
 
-def _descend(fd: int, names: list[str]) -> int:
+class DirectFetcher:
+    """New and changed entries read from the mountpoint; the same answers as the engine's
+    fetcher: the entry's xattrs (as tar PAX fields) and, for a file, its open data (which
+    the caller closes)."""
+
+    def __init__(self, root: Path) -> None:
+        self.dirs = DirStack(root)
+        self.calls = 0  # through the engine: none
+        self.opened = 0
+        self.files_apart = True  # each file is opened on its own: they may be read at once
+
+    def get(self, step: vi.Step) -> tuple[dict | None, BinaryIO | None]:
+        if step.fetch is None:
+            return None, None
+        item = step.item
+        self.opened += 1
+        if item.path == ROOT:
+            return _xattrs(self.dirs.root_fd), None
+        if item.kind == "symlink":
+            return {}, None  # the engine's tar stores no xattrs of a symlink
+        parent, _, base = item.path.rpartition("/")
+        flags = _DIR_FLAGS if item.kind == "dir" else _FILE_FLAGS
+        try:
+            fd = os.open(os.fsencode(base), flags, dir_fd=self.dirs.fd(parent or ROOT))
+        except OSError as exc:
+            raise vi.Stale(f"{item.path!r} changed while being backed up ({exc})") from None
+        info = os.fstat(fd)
+        key = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        xattrs = _xattrs(fd)
+        if item.kind == "file" and (not stat.S_ISREG(info.st_mode) or key != item.key):
+            os.close(fd)
+            raise vi.Stale(f"{item.path!r} changed while being backed up")
+        if step.kind != "file":
+            os.close(fd)
+            return xattrs, None
+        return xattrs, os.fdopen(fd, "rb", buffering=0)  # the caller's to close
+
+    def close(self) -> None:
+        self.dirs.close()
+
+
+def descend(fd: int, names: list[str]) -> int:
     """The directory `names` below the open directory `fd` (which this takes over), each
     component opened without following a symlink."""
     try:
@@ -184,7 +196,7 @@ def open_below(root: Path, relative: str) -> BinaryIO:
     names = [n for n in relative.split("/") if n not in ("", ".")]
     if not names or ".." in names:
         raise OSError(errno.EINVAL, f"not a path below {root}: {relative!r}")
-    parent = _descend(os.open(root, _DIR_FLAGS), names[:-1])
+    parent = descend(os.open(root, _DIR_FLAGS), names[:-1])
     try:
         fd = os.open(os.fsencode(names[-1]), _FILE_FLAGS, dir_fd=parent)
     finally:

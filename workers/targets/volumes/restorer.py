@@ -1,5 +1,6 @@
-"""A volume's restore: emptied by a helper, then filled from the artifact, every member
-re-emitted only after the safety filter judged it."""
+"""A volume's restore: the artifact checked whole first, then the volume emptied and
+filled, in place (unpacker) or through the engine (a helper empties it, and dockerd
+unpacks a tar of the members re-emitted after the safety filter judged each)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from workers.targets.tar_safety import (
     safe_members,
     scan,
 )
+from workers.targets.volumes import unpacker
 from workers.targets.volumes.engine import (
     ENGINE_ERRORS,
     TARGET,
     ensure_volume,
     helper_container,
+    inspect_volume,
     quiesced,
     run_helper,
 )
@@ -81,29 +84,64 @@ def restore(
     max_unpacked_bytes: int | None = None,
     labels: dict | None = None,
     stop_running: bool = False,
+    direct: bool = True,
 ) -> dict:
-    """Replace the volume's content with the artifact's (creating the volume if missing)."""
+    """Replace the volume's content with the artifact's (creating the volume if missing).
+    `direct`: write the volume in place when this process can (volumes/unpacker.py), else
+    through the engine."""
     summary = scan(artifact, identity_file, max_unpacked_bytes)  # before anything is touched
     try:
         created = ensure_volume(engine, name, labels)
     except ENGINE_ERRORS as exc:
         raise TargetError(f"volume:{name}", f"cannot create: {exc}") from None
-    with (
-        quiesced(engine, name, stop_running),
-        helper_container(
-            engine, helper_image, name, writable=True, command=_wipe_command(summary["root"])
-        ) as helper,
-    ):
+    volume = inspect_volume(engine, name)
+    root = unpacker.writable_root(volume["driver"], volume["mountpoint"]) if direct else None
+    job = (artifact, identity_file, max_unpacked_bytes, progress)
+    with quiesced(engine, name, stop_running):
         try:
-            run_helper(helper, name)
-        except ENGINE_ERRORS as exc:
-            raise TargetError(f"volume:{name}", f"cannot empty the volume: {exc}") from None
-        try:
-            stream = _safe_tar(artifact, identity_file, max_unpacked_bytes, progress)
-            helper.put_archive(TARGET, stream)
+            if root:
+                _in_place(root, *job)
+            else:
+                _through_engine(engine, name, helper_image, summary["root"], *job)
         except (*ENGINE_ERRORS, UnsafeArchive, CorruptArtifact, OSError) as exc:
             raise TargetError(
                 f"volume:{name}", f"restore failed part-way, the volume is incomplete: {exc}"
             ) from exc
     counts = {k: summary[k] for k in COUNTS}
-    return {"volume": name, "created": created, **counts}
+    written = "in place" if root else "through the engine"
+    return {"volume": name, "created": created, "written": written, **counts}
+
+
+def _in_place(
+    root: Path,
+    artifact: Path,
+    identity_file: Path | None,
+    max_unpacked_bytes: int | None,
+    progress: Progress,
+) -> None:
+    unpacker.wipe(root)
+    guard = SafetyFilter(max_unpacked_bytes)
+    with open_plain(artifact, identity_file, ahead=True) as raw, open_stream(raw) as tar:
+        unpacker.unpack(root, tar, guard, progress)
+
+
+def _through_engine(
+    engine: docker.DockerClient,
+    name: str,
+    helper_image: str,
+    archived_root: dict | None,
+    artifact: Path,
+    identity_file: Path | None,
+    max_unpacked_bytes: int | None,
+    progress: Progress,
+) -> None:
+    """Emptied by a helper container, then filled by the engine's unpacking of a tar of
+    the members the safety filter passed."""
+    wipe = _wipe_command(archived_root)
+    with helper_container(engine, helper_image, name, writable=True, command=wipe) as helper:
+        try:
+            run_helper(helper, name)
+        except ENGINE_ERRORS as exc:
+            raise TargetError(f"volume:{name}", f"cannot empty the volume: {exc}") from None
+        stream = _safe_tar(artifact, identity_file, max_unpacked_bytes, progress)
+        helper.put_archive(TARGET, stream)
