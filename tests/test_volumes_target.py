@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
+import shutil
 import subprocess
 import tarfile
 import uuid
@@ -190,6 +192,30 @@ def test_removed_volume_is_recreated_from_an_encrypted_artifact(engine, new_volu
     assert restored["created"] is True
     assert volumes.check(engine, name)["labels"] == labels
     assert volumes.file_inventory(engine, name, HELPER) == before
+
+
+def test_a_volume_mounted_only_while_used_goes_through_the_engine(engine, new_volume, tmp_path):
+    """A local volume with options (a bind of a host directory here; NFS, CIFS alike) is
+    mounted at its Mountpoint only while a container uses it: read there, it was backed up
+    as an empty volume, and a restore there would be hidden by the mount."""
+    nas = tmp_path / "nas"
+    (nas / "study").mkdir(parents=True)
+    (nas / "study" / "a.dcm").write_bytes(b"patient image")
+    name = new_volume(create=False)
+    options = {"type": "none", "o": "bind", "device": str(nas)}
+    engine.volumes.create(name, driver="local", driver_opts=options)
+    assert not os.listdir(engine.volumes.get(name).attrs["Mountpoint"])  # the stand-in
+
+    result = volumes.archive(engine, name, HELPER, tmp_path / "out", "b1", Codec())
+    assert result.get("read") is None  # through the engine, which mounts it
+    assert (result["files"], result["bytes"]) == (1, len(b"patient image"))
+    shutil.rmtree(nas / "study")
+    artifact = tmp_path / "out" / result["artifacts"][0]["file"]
+    restored = volumes.restore(engine, name, artifact, HELPER)
+    assert restored["written"] == "through the engine"
+    assert (nas / "study" / "a.dcm").read_bytes() == b"patient image"
+    assert "driver_options" in volumes.check(engine, name)
+    assert str(nas) not in json.dumps(volumes.check(engine, name))  # options' values never
 
 
 def _start_user(engine, volume: str):

@@ -69,7 +69,7 @@ def archive(
     if that fails) through the engine."""
     volume = inspect_volume(engine, name)  # the engine would silently create a missing one on mount
     framed = codec.compression == "zstd" and not codec.encrypted
-    root = volume_direct.readable_root(volume["driver"], volume["mountpoint"])
+    root = volume_direct.readable_root(volume)
     out_dir = Path(out_dir)
     with quiesced(engine, name, stop_running) as stopped:
         # Services stopped for the copy wait for it: their parts are checked by the verify

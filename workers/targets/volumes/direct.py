@@ -33,17 +33,25 @@ CAPABILITY = "security.capability"
 _KINDS = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}
 
 
-def readable_root(driver: str | None, mountpoint: str | None) -> Path | None:
-    """The volume's directory if this process can read it in place (local driver only)."""
-    if driver != "local" or not mountpoint:
+def readable_root(volume: dict) -> Path | None:
+    """The volume's directory (as inspect_volume describes it) if this process can read it
+    in place: the local driver without options only.  A local volume with options (a bind
+    of another directory, NFS, CIFS, tmpfs) is mounted at its Mountpoint only while a
+    container uses it; otherwise that directory is an empty stand-in, which read in place
+    would be backed up as an empty volume (and a restore there would be hidden by the
+    mount): such a volume goes through the engine, which mounts it."""
+    if volume["driver"] != "local" or volume["driver_options"] or not volume["mountpoint"]:
         return None
-    root = Path(mountpoint)
+    return _openable(volume["mountpoint"])
+
+
+def _openable(path: str) -> Path | None:
     try:
-        fd = os.open(root, _DIR_FLAGS)
+        fd = os.open(path, _DIR_FLAGS)
     except OSError:
         return None
     os.close(fd)
-    return root
+    return Path(path)
 
 
 def _name(raw: bytes) -> str:
@@ -216,7 +224,7 @@ def mount_source(attrs: dict, path: str) -> tuple[Path, str] | None:
         local = mount.get("Type") == "bind" or mount.get("Driver") == "local"
         if local and path.startswith(dest + "/") and (best is None or len(dest) > len(best[1])):
             best = (mount.get("Source"), dest)
-    if best is None or readable_root("local", best[0]) is None:
+    if best is None or _openable(best[0]) is None:  # mounted: the container is running
         return None
     return Path(best[0]), path[len(best[1]) + 1 :]
 

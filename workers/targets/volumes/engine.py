@@ -30,7 +30,8 @@ def check(engine: docker.DockerClient, name: str) -> dict:
 
 
 def inspect_volume(engine: docker.DockerClient, name: str) -> dict:
-    """Name, mountpoint, driver and labels; TargetError when it does not exist."""
+    """Name, mountpoint, driver (and whether it has options), labels; TargetError when it
+    does not exist."""
     try:
         volume = engine.volumes.get(name)
     except NotFound:
@@ -42,6 +43,9 @@ def inspect_volume(engine: docker.DockerClient, name: str) -> dict:
         "name": name,
         "mountpoint": attrs.get("Mountpoint"),
         "driver": attrs.get("Driver"),
+        # whether the driver has options (type, device, o), never their values: a CIFS
+        # volume's hold its password, and this record reaches the run's journal
+        "driver_options": bool(attrs.get("Options")),
         "labels": attrs.get("Labels") or {},
     }
 

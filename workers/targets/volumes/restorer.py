@@ -95,7 +95,7 @@ def restore(
     except ENGINE_ERRORS as exc:
         raise TargetError(f"volume:{name}", f"cannot create: {exc}") from None
     volume = inspect_volume(engine, name)
-    root = unpacker.writable_root(volume["driver"], volume["mountpoint"]) if direct else None
+    root = unpacker.writable_root(volume) if direct else None
     job = (artifact, identity_file, max_unpacked_bytes, progress)
     with quiesced(engine, name, stop_running):
         try:

@@ -37,10 +37,11 @@ _XATTR = "SCHILY.xattr."
 _IMPLIED_DIR_MODE = 0o755  # a parent the archive does not list, made as dockerd makes one
 
 
-def writable_root(driver: str | None, mountpoint: str | None) -> Path | None:
-    """The volume's directory if this process can restore it in place: reachable, and
-    this process root (owners are restored as archived)."""
-    root = readable_root(driver, mountpoint)
+def writable_root(volume: dict) -> Path | None:
+    """The volume's directory (as inspect_volume describes it) if this process can restore
+    it in place: readable in place, and this process root (owners are restored as
+    archived) with the mountpoint writable (not a read-only mount of the volumes)."""
+    root = readable_root(volume)
     if root is None or os.geteuid() != 0 or not os.access(root, os.W_OK):
         return None
     return root
