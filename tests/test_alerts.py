@@ -82,6 +82,21 @@ def test_success_is_notified_only_when_configured(receivers, tmp_path, clean_env
     assert event["type"] == "success" and "backup.succeeded" in event["title"]
 
 
+def test_a_backup_with_warnings_is_notified_whatever_the_success_setting(
+    receivers, tmp_path, clean_env
+):
+    hook = receivers()
+    clean_env.setenv("XIEHE_NOTIFY_URLS", hook.url)  # XIEHE_NOTIFY_ON_SUCCESS unset: off
+    ctx = SimpleNamespace(tree=Tree(tmp_path))
+    warning = "volume uploads holds no files; it held 383 (209897066 bytes) in backup b1"
+    publish = {"result": {"size_bytes": 10, "warnings": [warning]}}
+    run = {**failed_run(), "status": "succeeded", "error": None, "failed_step": None}
+    assert alerts.notify_result({**run, "steps": {"publish": publish}}, ctx) == {"notified": True}
+    [event] = hook.bodies
+    assert event["type"] == "warning" and "backup.warning" in event["title"]
+    assert warning in event["message"]
+
+
 def test_every_configured_url_gets_it_once(receivers, tmp_path, clean_env):
     """A list from a file (Docker secret) plus the alias; a failing URL is retried alone."""
     first, second, alias = receivers(), receivers(), receivers()

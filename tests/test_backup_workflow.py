@@ -18,6 +18,7 @@ import pytest
 from tests.support.cli import cli, last_line
 from tests.support.servers import RedisServer
 from tests.support.stack import assert_same
+from tests.support.webhook import Receiver
 from workers.store.layout import is_backup_id
 from workers.targets import mysql, redis
 
@@ -114,6 +115,37 @@ def test_bad_inputs_fail_clearly_and_leave_nothing(stack, worker_factory, tmp_pa
         assert sorted(p.name for p in root.glob("manifest_*.json")) == [f"manifest_{good_id}.json"]
     listed = json.loads(cli(env, "list", "--json").stdout)
     assert [b["id"] for b in listed] == [good_id]
+
+
+def test_a_volume_emptied_since_the_last_backup_is_a_warning_not_a_quiet_success(
+    stack, worker_factory, tmp_path
+):
+    st, env = stack
+    hook = Receiver()
+    env = {**env, "XIEHE_NOTIFY_URLS": hook.url}  # success itself is not notified
+    try:
+        worker_factory(env)
+        first = cli(env, "backup", "--only", "volumes")
+        assert first.returncode == 0 and "WARNING" not in first.stderr, first.stderr
+        name = st.volume_names[0]
+        empty = ["sh", "-c", "rm -rf /v/* /v/.[!.]*"]  # a NAS share that did not mount, say
+        st.docker.containers.run(
+            st.helper_image, empty, volumes={name: {"bind": "/v"}}, remove=True
+        )
+        second = cli(env, "backup", "--only", "volumes")
+        assert second.returncode == 0, second.stderr  # what is there is backed up, faithfully
+        backup_id = last_line(second)
+        assert f"WARNING: volume {name} holds no files; it held " in second.stderr
+        root = tmp_path / "backups"
+        manifest = json.loads((root / f"manifest_{backup_id}.json").read_text())
+        assert manifest["volumes"][name]["files"] == 0 and len(manifest["warnings"]) == 1
+        assert "WARNING:" in (root / f"backup_info_{backup_id}.txt").read_text()
+        listed = cli(env, "list").stdout
+        assert f"WARNING: volume {name} holds no files" in listed
+        [event] = hook.bodies  # the first backup, a quiet success, sent nothing
+        assert event["type"] == "warning" and f"backup.warning {backup_id}" in event["title"]
+    finally:
+        hook.server.shutdown()
 
 
 def test_no_worker_is_reported_not_waited_for(stack):

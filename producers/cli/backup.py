@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from producers.cli import common
 from producers.runs import enqueue, select_kinds
 from workers import workflows
+from workers.errors import NotFound
+from workers.store import manifest as manifests
+from workers.store.layout import Tree
 
 
 def register(sub) -> None:
@@ -38,5 +42,15 @@ def run(args: argparse.Namespace) -> int:
         print(backup_id)
         return 1
     print(f"backup {backup_id} verified and published in {settings.backup_dir}", file=sys.stderr)
+    for warning in _warnings(settings.backup_dir, backup_id):
+        print(f"WARNING: {warning}", file=sys.stderr)
     print(backup_id)
     return 0
+
+
+def _warnings(backup_dir: Path, backup_id: str) -> list[str]:
+    """The published backup's warnings (policy/emptied.py), when its tree is reachable here."""
+    try:
+        return manifests.read(Tree(backup_dir), backup_id).get("warnings") or []
+    except (NotFound, OSError, ValueError):
+        return []

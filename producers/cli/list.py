@@ -30,6 +30,7 @@ def row(m: dict) -> dict:
         "reason": m.get("reason", ""),
         "pinned": bool(m.get("pinned")),
         "offsite": {name: r.get("status") for name, r in (m.get("offsite") or {}).items()},
+        "warnings": m.get("warnings") or [],
     }
 
 
@@ -71,5 +72,6 @@ def run(args: argparse.Namespace) -> int:
             f"{r['id']:16} {r['status']:20} {common.human_bytes(r['size_bytes']):>10}  "
             f"{','.join(r['kinds']):22} {offsite:16} "
             f"{r['reason']}{'  ' + r['error'] if r.get('error') else ''}"
+            + "".join(f"  WARNING: {w}" for w in r.get("warnings", []))
         )
     return 0

@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         manifest = manifests.read(common.tree(), args.id)
     artifacts = selected_artifacts(manifest, only)
+    for warning in manifest.get("warnings") or []:  # an emptied volume, say: on purpose?
+        print(f"WARNING: backup {manifest['id']} recorded: {warning}", file=sys.stderr)
     if not args.yes and not confirm(manifest, artifacts, settings.stop_containers):
         print("not confirmed; nothing was done", file=sys.stderr)
         return 1

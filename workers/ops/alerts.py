@@ -83,14 +83,13 @@ def _quiet(logger: logging.Logger) -> Iterator[None]:
         logger.removeFilter(drop)
 
 
-def _send(url: str, index: int, title: str, body: str, failed: bool, backoff: float) -> bool:
+def _send(url: str, index: int, title: str, body: str, kind: str, backoff: float) -> bool:
     """Deliver to one URL with retries; another URL's success never resends to this one."""
     hub = apprise.Apprise()
     if not hub.add(url):
         log.warning("notification URL #%d is not a valid apprise URL: skipped", index)
         return False
     service = hub[0].service_name
-    kind = apprise.NotifyType.FAILURE if failed else apprise.NotifyType.SUCCESS
     for attempt in range(1, ATTEMPTS + 1):
         with (
             _quiet(HTTP_LOGGER),
@@ -116,20 +115,31 @@ def _send(url: str, index: int, title: str, body: str, failed: bool, backoff: fl
     return False
 
 
+# an event's status -> (log level, apprise's kind of notification); else INFO, success
+_LEVELS = {
+    "failed": (logging.ERROR, apprise.NotifyType.FAILURE),
+    "warning": (logging.WARNING, apprise.NotifyType.WARNING),
+}
+
+
 def notify(event: dict, urls: Sequence[str] | None = None, backoff: float = 2.0) -> bool:
     """Log the event and send it to every URL (default: the configured ones).
     True when there was at least one URL and every one accepted it."""
     event = {"host": socket.gethostname(), "at": now_iso(), **event}
-    failed = event.get("status") == "failed"
+    level, kind = _LEVELS.get(event.get("status"), (logging.INFO, apprise.NotifyType.SUCCESS))
     log.log(
-        logging.ERROR if failed else logging.INFO,
+        level,
         "xiehe-backup event: %s",
         json.dumps(event, ensure_ascii=False),
     )
     urls = notify_urls() if urls is None else list(urls)
     title, body = render(event)
-    results = [_send(url, i, title, body, failed, backoff) for i, url in enumerate(urls, 1)]
+    results = [_send(url, i, title, body, kind, backoff) for i, url in enumerate(urls, 1)]
     return bool(results) and all(results)
+
+
+def _published(run: dict) -> dict:
+    return run.get("steps", {}).get("publish", {}).get("result") or {}
 
 
 def run_event(run: dict, status: str) -> dict:
@@ -142,18 +152,20 @@ def run_event(run: dict, status: str) -> dict:
         "kinds": run.get("kinds", []),
         "failed_step": run.get("failed_step"),
         "error": run.get("error"),
-        "size_bytes": (run.get("steps", {}).get("publish", {}).get("result") or {}).get(
-            "size_bytes", 0
-        ),
+        "size_bytes": _published(run).get("size_bytes", 0),
+        "warnings": _published(run).get("warnings"),
     }
 
 
 def notify_result(run: dict, ctx: StepContext) -> dict:
-    """A workflow's last step: refresh the metrics; notify when XIEHE_NOTIFY_ON_SUCCESS."""
+    """A workflow's last step: refresh the metrics; notify when XIEHE_NOTIFY_ON_SUCCESS, or
+    when the backup carries warnings (policy/emptied.py), whatever it says."""
     try:
         metrics.write(ctx.tree)
     except OSError as exc:
         log.warning("metrics not written: %s", exc)
+    if _published(run).get("warnings"):
+        return {"notified": notify(run_event(run, "warning"))}
     if not ops_settings.load().notify_on_success:
         return {"notified": False}
     return {"notified": notify(run_event(run, "succeeded"))}

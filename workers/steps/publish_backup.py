@@ -6,6 +6,7 @@ import shutil
 
 from workers.clock import now_iso
 from workers.context import StepContext
+from workers.policy.emptied import emptied
 from workers.steps.staging import all_artifacts
 from workers.store import atomic, locks
 from workers.store import manifest as manifests
@@ -19,6 +20,7 @@ def publish_backup(run: dict, ctx: StepContext) -> dict:
         atomic.move(staging / artifact["path"], tree.artifact_path(artifact))
     verification = run["steps"]["verify"]["result"]["checked"]
     manifest = manifests.build(run, artifacts, verification, now_iso())
+    manifest["warnings"] = emptied(manifests.last_verified(tree), manifest)
     atomic.write_text(tree.backup_info(run["id"]), manifests.info_text(manifest))
     manifests.write(tree, manifest)  # the backup exists from this instant
     shutil.rmtree(staging, ignore_errors=True)
@@ -28,4 +30,5 @@ def publish_backup(run: dict, ctx: StepContext) -> dict:
         "backup_id": run["id"],
         "size_bytes": manifest["size_bytes"],
         "published": len(artifacts),
+        "warnings": manifest["warnings"],
     }

@@ -6,7 +6,7 @@ skipped, artifacts[{path, kind, source, size_bytes, sha256, compression, encrypt
 plain_bytes, plain_sha256}], size_bytes, mysql{server_version, binlog, snapshot,
 databases{tables{rows, checksum}, views, routines, triggers, events}}, redis{mode,
 redis_version, keys}, volumes{name: counts}, missing_volumes, steps{name: duration_s},
-verification, drills, tool, host.
+verification, drills, tool, host; warnings (policy/emptied.py) once published.
 """
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ def info_text(manifest: dict) -> str:
         lines.append(f"skipped:     {kind} ({why})")
     for name in manifest.get("missing_volumes", []):
         lines.append(f"missing:     volume {name} did not exist at backup time")
+    for warning in manifest.get("warnings", []):
+        lines.append(f"WARNING:     {warning}")
     if manifest.get("mysql"):
         m = manifest["mysql"]
         lines.append(f"mysql:       {m.get('server_version')}  binlog: {m.get('binlog') or 'off'}")
@@ -86,6 +88,14 @@ def info_text(manifest: dict) -> str:
     lines.append("")
     lines.append("restore: xiehe-backup restore " + manifest["id"] + " --yes")
     return "\n".join(lines) + "\n"
+
+
+def last_verified(tree: Tree) -> dict | None:
+    """The newest verified backup's manifest, if any."""
+    for manifest in reversed(read_all(tree)):
+        if manifest.get("status") == "verified":
+            return manifest
+    return None
 
 
 def write(tree: Tree, manifest: dict) -> Path:
