@@ -81,8 +81,12 @@ def test_members_land_as_archived_and_the_later_of_two_names_wins(tmp_path):
             (_member("a/y.dcm", tarfile.LNKTYPE, linkname="a/x.dcm"), None),
             (_member("latest", tarfile.SYMTYPE, linkname="a", uid=1000, gid=1000), None),
             (_member("implied/deep/f.txt"), b"parents not listed"),
+            (_member("gone", tarfile.DIRTYPE), None),
+            (_member("gone/sub", tarfile.DIRTYPE), None),
+            (_member("gone"), b"a file now"),  # replaces the directory and what it held
         ],
     )
+    assert (root / "gone").read_bytes() == b"a file now"
     a, x = os.stat(root / "a"), os.stat(root / "a" / "x.dcm")
     assert (a.st_mode & 0o7777, a.st_uid, a.st_gid, a.st_mtime) == (0o750, 999, 999, EARLIER)
     assert (root / "a" / "x.dcm").read_bytes() == b"second"

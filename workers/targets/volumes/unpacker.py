@@ -127,6 +127,10 @@ class Unpacker:
                 return
             if stat.S_ISDIR(existing):
                 shutil.rmtree(name, dir_fd=parent)
+                below = path + "/"
+                self._dir_attributes = [
+                    (p, m) for p, m in self._dir_attributes if p != path and not p.startswith(below)
+                ]
             else:
                 os.unlink(name, dir_fd=parent)
             self._create(parent, name, path, member, data)
