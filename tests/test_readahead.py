@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from workers.store.codec import CorruptArtifact
+from workers.store.codec import ChunkStream, CorruptArtifact
 from workers.store.readahead import read_ahead
 
 
@@ -38,3 +38,18 @@ def test_a_reader_that_stops_early_closes_the_source():
     reader.close()  # joins the thread, which closed the source as it ended
     assert closed.is_set()
     assert not any(t.name == "read-ahead" for t in threading.enumerate())
+
+
+def test_closing_the_stream_over_them_stops_the_thread_at_once():
+    closed = threading.Event()
+
+    def source():
+        try:
+            while True:
+                yield b"x" * 4096
+        finally:
+            closed.set()
+
+    with ChunkStream(read_ahead(source(), depth=2)) as stream:
+        assert stream.read(10) == b"x" * 10
+    assert closed.is_set()  # not left to the garbage collector

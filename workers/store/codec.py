@@ -549,6 +549,15 @@ class ChunkStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def close(self) -> None:
+        """Closes the iterator too: a reader that stops early stops what makes the chunks
+        (a read-ahead thread, a decryptor) now, not when the iterator is collected."""
+        if not self.closed:
+            close = getattr(self._chunks, "close", None)
+            if close:
+                close()
+        super().close()
+
     def readinto(self, b) -> int:  # type: ignore[override]
         while not self._buf:
             self._buf = next(self._chunks, b"")
