@@ -99,6 +99,24 @@ def test_members_land_as_archived_and_the_later_of_two_names_wins(tmp_path):
     assert os.stat(root).st_mode & 0o7777 == 0o711
 
 
+def test_an_archive_that_comes_back_into_a_directory_it_left_keeps_its_mtime(tmp_path):
+    """Not walk order (a tar made by hand): `a` is left for `b`, then written into again."""
+    root = tmp_path / "volume"
+    root.mkdir()
+    _unpack(
+        root,
+        [
+            (_member("a", tarfile.DIRTYPE, mtime=EARLIER), None),
+            (_member("b", tarfile.DIRTYPE), None),
+            (_member("a/late.txt"), b"late"),
+            (_member("a/later", tarfile.DIRTYPE), None),
+        ],
+    )
+    assert os.stat(root / "a").st_mtime == EARLIER
+    assert (root / "a" / "late.txt").read_bytes() == b"late"
+    assert os.stat(root / "a" / "later").st_mtime == MTIME
+
+
 def test_a_directory_swapped_for_a_symlink_mid_restore_is_not_written_through(tmp_path):
     root, outside = tmp_path / "volume", tmp_path / "outside"
     root.mkdir()

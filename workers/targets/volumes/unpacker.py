@@ -10,9 +10,12 @@ Every path is reached from the volume's root one component at a time, each opene
 below its parent's descriptor with O_NOFOLLOW, and every entry is created with O_EXCL
 (or mkdir/symlink/link, which never follow the last component): a symlink in the volume,
 restored or planted, is never followed out of it.  Files get their owner, mode, xattrs
-and mtime through their descriptor; directories once all their entries are in (writing
-an entry changes its directory's mtime).  The volume is made durable (syncfs) before the
-restore returns: the services restart on it.
+and mtime through their descriptor; a directory once the walk has left it (writing an
+entry changes its directory's mtime).  Only the directories from the root down to the
+current one wait for theirs, so memory does not grow with the volume's directories; an
+archive that comes back into a directory it left (not in walk order) has that directory's
+mtime put back after each entry.  The volume is made durable (syncfs) before the restore
+returns: the services restart on it.
 """
 
 from __future__ import annotations
@@ -77,6 +80,14 @@ def _set_attributes(fd: int, member: tarfile.TarInfo) -> None:
     os.utime(fd, (member.mtime, member.mtime))
 
 
+def _below(path: str, directory: str) -> bool:
+    return directory == ROOT or path.startswith(directory + "/")
+
+
+def _times_ns(info: os.stat_result) -> tuple[int, int]:
+    return info.st_atime_ns, info.st_mtime_ns
+
+
 def _write_all(fd: int, src: BinaryIO, size: int) -> int:
     done = 0
     while chunk := src.read(CHUNK):
@@ -96,7 +107,8 @@ class Unpacker:
         self.root = root
         self.dirs = DirStack(root)
         self.meter = Meter(progress)
-        self._dir_attributes: list[tuple[str, tarfile.TarInfo]] = []
+        # the directories from the root down whose attributes wait for the walk to leave them
+        self._pending: list[tuple[str, tarfile.TarInfo]] = []
 
     def _parent(self, path: str) -> tuple[int, str]:
         """(descriptor of the entry's directory, its name in it); parents the archive did
@@ -114,33 +126,40 @@ class Unpacker:
             return self.dirs.fd(parent), name
 
     def add(self, member: tarfile.TarInfo, path: str, data: BinaryIO | None) -> None:
+        self._settle(path)
         if path == ROOT:
-            self._dir_attributes.append((path, member))
+            self._pending.append((path, member))
             return
         parent, name = self._parent(path)
+        waiting = bool(self._pending) and self._pending[-1][0] == (path.rpartition("/")[0] or ROOT)
+        left = None if waiting else os.stat(parent)  # a directory the walk already left
         try:
             self._create(parent, name, path, member, data)
         except FileExistsError:  # a name an earlier member took: tar's rule, the later wins
             existing = os.lstat(name, dir_fd=parent).st_mode
             if member.isdir() and stat.S_ISDIR(existing):
-                self._dir_attributes.append((path, member))  # its entries stay
-                return
-            if stat.S_ISDIR(existing):
-                shutil.rmtree(name, dir_fd=parent)
-                below = path + "/"
-                self._dir_attributes = [
-                    (p, m) for p, m in self._dir_attributes if p != path and not p.startswith(below)
-                ]
+                _set_attributes(self.dirs.fd(path), member)  # its entries stay
             else:
-                os.unlink(name, dir_fd=parent)
-            self._create(parent, name, path, member, data)
+                if stat.S_ISDIR(existing):
+                    shutil.rmtree(name, dir_fd=parent)
+                else:
+                    os.unlink(name, dir_fd=parent)
+                self._create(parent, name, path, member, data)
+        if left is not None:
+            os.utime(self.dirs.fd(path.rpartition("/")[0] or ROOT), ns=_times_ns(left))
+
+    def _settle(self, path: str) -> None:
+        """Set the attributes of the waiting directories that `path` is not below."""
+        while self._pending and not _below(path, self._pending[-1][0]):
+            done, member = self._pending.pop()
+            _set_attributes(self.dirs.fd(done), member)
 
     def _create(
         self, parent: int, name: str, path: str, member: tarfile.TarInfo, data: BinaryIO | None
     ) -> None:
         if member.isdir():
             os.mkdir(name, 0o700, dir_fd=parent)
-            self._dir_attributes.append((path, member))
+            self._pending.append((path, member))
         elif member.issym():
             os.symlink(member.linkname, name, dir_fd=parent)
             os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
@@ -164,11 +183,11 @@ class Unpacker:
                 os.close(fd)
 
     def finish(self) -> None:
-        """Directories' owners, modes and mtimes (their entries are all in), then the volume
-        made durable."""
-        for path, member in self._dir_attributes:
-            fd = self.dirs.fd(path)
-            _set_attributes(fd, member)
+        """The waiting directories' attributes (the root's last), then the volume made
+        durable."""
+        while self._pending:
+            path, member = self._pending.pop()
+            _set_attributes(self.dirs.fd(path), member)
         self.meter.finish()
         syncfs(self.root)
 
