@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -91,8 +92,8 @@ def info_text(manifest: dict) -> str:
 
 
 def last_verified(tree: Tree) -> dict | None:
-    """The newest verified backup's manifest, if any."""
-    for manifest in reversed(read_all(tree)):
+    """The newest verified backup's manifest, if any (read newest first, only as far as it)."""
+    for manifest in _readable(tree, reversed(tree.manifest_ids())):
         if manifest.get("status") == "verified":
             return manifest
     return None
@@ -114,14 +115,17 @@ def read(tree: Tree, backup_id: str) -> dict:
         raise NotFound(unknown_id_message(tree, backup_id)) from None
 
 
-def read_all(tree: Tree) -> list[dict]:
-    out = []
-    for backup_id in tree.manifest_ids():
+def _readable(tree: Tree, backup_ids: Iterable[str]) -> Iterator[dict]:
+    """The manifests of these ids that can be read (a damaged one is skipped)."""
+    for backup_id in backup_ids:
         try:
-            out.append(json.loads(tree.manifest(backup_id).read_text()))
+            yield json.loads(tree.manifest(backup_id).read_text())
         except (OSError, json.JSONDecodeError):
             continue
-    return out
+
+
+def read_all(tree: Tree) -> list[dict]:
+    return list(_readable(tree, tree.manifest_ids()))
 
 
 def update(tree: Tree, backup_id: str, **fields) -> dict:

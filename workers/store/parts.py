@@ -259,7 +259,10 @@ class PartedWriter:
         self._open_part: tuple | None = None  # (file, hashing sink, compressor)
         self._frame_open = False
         self._pool = ThreadPoolExecutor(POOL, thread_name_prefix="part")
-        self._slots = threading.BoundedSemaphore(POOL * 8)  # jobs queued or running
+        # Jobs queued or running, each holding its source open: enough that the caller does
+        # not wait on a few new files but links the unchanged parts meanwhile (+1% new
+        # files: 9 ms of 60 waited with POOL * 2), and a bounded count of descriptors.
+        self._slots = threading.BoundedSemaphore(POOL * 8)
         self._local = threading.local()
         self._linked = 0
 
