@@ -73,6 +73,10 @@ class Settings:
         """Every queue this deployment's runs use: the shared one, the Docker host's."""
         return list(dict.fromkeys((self.queue, self.docker_queue)))
 
+    def volumes_in_place(self) -> bool:
+        """Whether a volume is read and restored in place when this worker can reach it."""
+        return self.volume_read == "auto"
+
     def kinds(self) -> tuple[str, ...]:
         """The kinds of target configured, in backup order."""
         out = []

@@ -157,7 +157,7 @@ def drill_volume(settings: Settings, tree: Tree, manifest: dict, artifact: dict,
             settings.helper_image,
             settings.age_identity_file,
             labels={"xiehe.drill": manifest["id"]},
-            direct=settings.volume_read == "auto",
+            direct=settings.volumes_in_place(),
         )
         inventory = volumes.file_inventory(engine, scratch, settings.helper_image)
     finally:

@@ -34,7 +34,7 @@ def archive_volumes(run: dict, ctx: StepContext) -> dict:
             ctx.progress.add,
             stop_running=_may_stop(name, settings.stop_volumes_for),
             previous=previous_artifact(ctx.tree, name),
-            direct=settings.volume_read == "auto",
+            direct=settings.volumes_in_place(),
         )
         artifacts += result.pop("artifacts")
         details[name] = result

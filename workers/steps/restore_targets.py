@@ -50,6 +50,6 @@ def restore_volumes(run: dict, ctx: StepContext) -> dict:
             ctx.settings.helper_image,
             ctx.settings.age_identity_file,
             ctx.progress.add,
-            direct=ctx.settings.volume_read == "auto",
+            direct=ctx.settings.volumes_in_place(),
         )
     return {"volumes": done}

@@ -110,28 +110,28 @@ class Unpacker:
         # the directories from the root down whose attributes wait for the walk to leave them
         self._pending: list[tuple[str, tarfile.TarInfo]] = []
 
-    def _parent(self, path: str) -> tuple[int, str]:
-        """(descriptor of the entry's directory, its name in it); parents the archive did
-        not list are made."""
-        parent, _, name = path.rpartition("/")
-        parent = parent or ROOT
+    def _directory(self, parent: str) -> int:
+        """The open directory `parent` (ROOT: the root); parents the archive did not list
+        are made."""
         try:
-            return self.dirs.fd(parent), name
+            return self.dirs.fd(parent)
         except FileNotFoundError:
             above = ROOT
             for component in parent.split("/"):
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(component, _IMPLIED_DIR_MODE, dir_fd=self.dirs.fd(above))
                 above = component if above == ROOT else f"{above}/{component}"
-            return self.dirs.fd(parent), name
+            return self.dirs.fd(parent)
 
     def add(self, member: tarfile.TarInfo, path: str, data: BinaryIO | None) -> None:
         self._settle(path)
         if path == ROOT:
             self._pending.append((path, member))
             return
-        parent, name = self._parent(path)
-        waiting = bool(self._pending) and self._pending[-1][0] == (path.rpartition("/")[0] or ROOT)
+        parent_path, _, name = path.rpartition("/")
+        parent_path = parent_path or ROOT
+        parent = self._directory(parent_path)
+        waiting = bool(self._pending) and self._pending[-1][0] == parent_path
         left = None if waiting else os.stat(parent)  # a directory the walk already left
         try:
             self._create(parent, name, path, member, data)
@@ -146,7 +146,7 @@ class Unpacker:
                     os.unlink(name, dir_fd=parent)
                 self._create(parent, name, path, member, data)
         if left is not None:
-            os.utime(self.dirs.fd(path.rpartition("/")[0] or ROOT), ns=_times_ns(left))
+            os.utime(self.dirs.fd(parent_path), ns=_times_ns(left))
 
     def _settle(self, path: str) -> None:
         """Set the attributes of the waiting directories that `path` is not below."""
